@@ -1,0 +1,54 @@
+# hyperlatent: the two set-up commands are `make demo` and `make test` (see README.md).
+# Every target creates/updates the virtual environment first, so a fresh clone needs nothing else.
+#
+# TORCH_SPEC picks the PyTorch build. The default is the small CPU wheel; for CUDA, e.g.
+#   make demo TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS     ?= dev
+BIN        := $(VENV)/bin
+STAMP      := $(VENV)/.installed
+
+.PHONY: install demo test test-all check-sync bench clean-nbs export
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install when the package metadata or the torch choice changes.
+$(STAMP): $(BIN)/python settings.ini setup.py pyproject.toml
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@echo "$(TORCH_SPEC) [$(EXTRAS)]" > $(STAMP)
+
+install: $(STAMP)
+
+# The main job: the flagship experiment notebook, executed by papermill into runs/demo/.
+DEMO_NB ?= nbs/00_coords.ipynb
+demo: install
+	mkdir -p runs/demo
+	$(BIN)/papermill --cwd nbs $(DEMO_NB) runs/demo/$(notdir $(DEMO_NB)) -k python3
+	@echo "demo written to runs/demo/"
+
+# Notebooks and modules in sync, notebooks clean: a failure here means "re-export / re-clean and commit".
+check-sync: install
+	$(BIN)/python tools/check_sync.py
+
+test: install check-sync
+	$(BIN)/nbdev_test --path nbs --skip_folder_re '^(experiments|[_.])' --n_workers 2
+	$(BIN)/python -m pytest tests -q -m "not slow"
+
+# Everything, including cells flagged `#| slow` and tests marked slow.
+test-all: install check-sync
+	$(BIN)/nbdev_test --path nbs --skip_folder_re '^(experiments|[_.])' --flags slow --n_workers 2
+	$(BIN)/python -m pytest tests -q
+
+bench: install
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+export: install
+	$(BIN)/nbdev_export
+clean-nbs: install
+	$(BIN)/nbdev_clean
