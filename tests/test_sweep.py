@@ -1,0 +1,322 @@
+"""Tests of hyperlatent.sweep: papermill runs and sweeps (local pool and Ray), failures, timeouts, resume.
+
+The test subject is tests/assets/tiny_sweep.ipynb: it computes y = x * scale (and x**2, len(label), x / 2)
+into metrics.json, raises for mode='raise', kills its own kernel for mode='crash', sleeps sleep_s seconds
+first, and appends "x,scale,label" to `ledger` as its very last action.
+"""
+import ast
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hyperlatent import sweep as sw
+from hyperlatent.cli import main
+
+TINY = Path(__file__).resolve().parent / 'assets' / 'tiny_sweep.ipynb'
+EXE = Path(sys.executable).parent / 'hyperlatent'
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f'/proc/{pid}/stat').read_text().split(') ')[1][0] != 'Z'
+    except OSError:
+        return True
+
+
+# ---------------------------------------------------------------- parameters, grids, validation (no kernel)
+
+def test_parameters_cell_matches_papermill():
+    import papermill
+    ours = sw.notebook_parameters(TINY)
+    theirs = papermill.inspect_notebook(str(TINY))  # papermill's own parser of the parameters cell
+    assert list(ours) == list(theirs)
+    for name, p in theirs.items():
+        assert ours[name].default == ast.literal_eval(p['default']), name
+
+
+def test_expand_grid_is_a_cartesian_product_with_zip(tmp_path):
+    (tmp_path / 'g.yaml').write_text(
+        'label: fixed\nx: [1, 2, 3]\nzip:\n  scale: [1e-3, 2.0]\n  mode: [ok, raise]\nsleep_s: [0, 0.5]\n')
+    runs = sw.expand_grid(tmp_path / 'g.yaml')
+    assert len(runs) == 3 * 2 * 2
+    keys = {(r['x'], r['scale'], r['mode'], r['sleep_s']) for r in runs}
+    assert len(keys) == 12  # every combination exactly once
+    assert all(r['label'] == 'fixed' for r in runs)
+    assert {(r['scale'], r['mode']) for r in runs} == {(1e-3, 'ok'), (2.0, 'raise')}  # zipped, not crossed
+    assert isinstance(runs[0]['scale'], float)  # '1e-3' is a float, not PyYAML 1.1's string
+    for r in runs:
+        sw.validate_parameters(TINY, r, what='grid parameter')
+
+
+@pytest.mark.parametrize('grid, exc, needle', [
+    ({'x': [1, 2], 'latent_dim': [2]}, ValueError, "'latent_dim'"),
+    ({'x': [1, 'two']}, TypeError, "'x'"),
+    ({'scale': [1.0, True]}, TypeError, "'scale'"),
+    ({'label': [3]}, TypeError, "'label'"),
+    ({'output_dir': ['/tmp']}, ValueError, "'output_dir'"),
+    ({'x': []}, ValueError, "'x'"),
+    ({'zip': {'x': [1, 2], 'scale': [1.0]}}, ValueError, 'equal lengths'),
+])
+def test_invalid_grid_fails_before_anything_runs(tmp_path, grid, exc, needle):
+    out = tmp_path / 'sweep'
+    with pytest.raises(exc, match=needle):
+        sw.run_sweep(TINY, grid, out, progress=False)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_invalid_grid_cli_exit_code(tmp_path, capsys):
+    (tmp_path / 'g.yaml').write_text('x: [1, 2]\nlatnt: [3]\n')
+    code = main(['sweep', str(TINY), '--grid', str(tmp_path / 'g.yaml'), '--out', str(tmp_path / 'o'), '--no-progress'])
+    assert code == 2
+    assert "'latnt'" in capsys.readouterr().err
+    assert not (tmp_path / 'o').exists() or not any((tmp_path / 'o').glob('*/params.json'))
+
+
+def test_run_ids_are_stable_hashes():
+    a = sw.run_id({'x': 1, 'scale': 2.0}, ['x'])
+    assert a == sw.run_id({'scale': 2.0, 'x': 1}, ['x'])  # key order does not matter
+    assert a.startswith('x=1-') and a.endswith(sw.params_hash({'x': 1, 'scale': 2.0}))
+    assert sw.params_hash({'x': 1, 'scale': 2.0}) != sw.params_hash({'x': 1, 'scale': 3.0})
+
+
+def test_gpu_assignment_round_robin(monkeypatch):
+    for workers in range(1, 7):
+        for gpus in (['0'], ['0', '1'], ['3', '5', '6']):
+            slots = sw.assign_gpus(workers, gpus)
+            assert len(slots) == workers
+            counts = [slots.count(g) for g in gpus]
+            assert max(counts) - min(counts) <= 1  # balanced
+            assert set(slots) == set(gpus[:workers])  # no GPU idle while two slots share one
+    assert sw.assign_gpus(2, []) == [None, None]
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '2, 5')
+    assert sw.detect_gpus() == ['2', '5']
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '')
+    assert sw.detect_gpus() == []
+
+
+def test_ray_missing_gives_install_hint(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, 'ray', None)  # makes `import ray` raise ImportError
+    with pytest.raises(ImportError, match=r'hyperlatent\[ray\]'):
+        sw.run_sweep(TINY, {'x': [1]}, tmp_path / 'o', engine='ray', progress=False)
+    assert not (tmp_path / 'o').exists()
+
+
+def test_live_sweep_lock_is_respected(tmp_path):
+    out = tmp_path / 'o'
+    out.mkdir()
+    (out / '.sweep.lock').write_text(str(os.getppid()))  # a live process that is not us
+    with pytest.raises(RuntimeError, match='another sweep'):
+        sw.run_sweep(TINY, {'x': [1]}, out, progress=False)
+
+
+# ---------------------------------------------------------------- local engine
+
+GRID = {'x': [2, 3], 'scale': [0.5, 4.0], 'label': 'abc'}
+
+
+@pytest.fixture(scope='module')
+def local_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp('local') / 'sweep'
+    # fake GPU ids: the slots must be pinned to them round robin (the notebook records CUDA_VISIBLE_DEVICES)
+    res = sw.run_sweep(TINY, GRID, out, workers=2, gpus=['7', '9'], progress=False)
+    return out, res
+
+
+def test_local_sweep_runs_every_parameter_set(local_sweep):
+    out, res = local_sweep
+    assert res.ok and len(res.ran) == 4 and res.skipped == []
+    expected = {(p['x'], p['scale']) for p in sw.expand_grid(GRID)}
+    df = pd.read_csv(out / 'results.csv')
+    assert len(df) == 4 and set(df['status']) == {'completed'}
+    assert {(r.x, r.scale) for r in df.itertuples()} == expected
+    # each row's metrics belong to that row's parameters (computed here independently of the notebook)
+    np.testing.assert_allclose(df['y'], df['x'] * df['scale'])
+    np.testing.assert_array_equal(df['x_squared'], df['x'] ** 2)
+    np.testing.assert_array_equal(df['label_len'], [len('abc')] * 4)
+    np.testing.assert_allclose(df['nested.half'], df['x'] / 2)
+    assert (df['duration_s'] > 0).all()
+    for r in df.itertuples():
+        d = Path(r.run_dir)
+        params = json.loads((d / 'params.json').read_text())
+        assert params['output_dir'] == str(d)
+        assert d.name.endswith(sw.params_hash({k: v for k, v in params.items() if k != 'output_dir'}))
+        metrics = json.loads((d / 'metrics.json').read_text())
+        assert metrics['y'] == pytest.approx(r.y)
+        for f in ('status.json', 'run.log', 'tiny_sweep.ipynb', 'table.csv'):
+            assert (d / f).is_file(), f
+        assert 'Executing Cell' in (d / 'run.log').read_text()
+        assert json.loads((d / 'tiny_sweep.ipynb').read_text())['cells']  # a real executed notebook
+
+
+def test_local_sweep_pins_gpus_round_robin(local_sweep):
+    out, res = local_sweep
+    seen = [json.loads((Path(d) / 'metrics.json').read_text())['cuda_visible_devices'] for d in res.results['run_dir']]
+    assert set(seen) == {'7', '9'}  # both slots used (the first two runs start together), nothing else
+
+
+def test_local_sweep_resume_skips_completed(local_sweep):
+    out, res = local_sweep
+    before = {d: (Path(d) / 'status.json').read_bytes() for d in res.results['run_dir']}
+    again = sw.run_sweep(TINY, GRID, out, workers=2, progress=False)
+    assert again.ran == [] and sorted(again.skipped) == sorted(res.run_ids) and again.ok
+    assert {d: (Path(d) / 'status.json').read_bytes() for d in before} == before
+
+
+def test_report_summary_against_pandas(local_sweep):
+    out, res = local_sweep
+    results, summary = sw.report(out, by=['x'], metrics=['y'])
+    scales = np.array(GRID['scale'])
+    s = summary.set_index('x')
+    for x in GRID['x']:
+        assert s.loc[x, 'y_mean'] == pytest.approx(x * scales.mean())
+        assert s.loc[x, 'y_std'] == pytest.approx(x * scales.std(ddof=1))
+        assert s.loc[x, 'n'] == 2
+    assert (out / 'report' / 'y.png').is_file() and (out / 'report' / 'summary.csv').is_file()
+
+
+def test_failures_and_crashes_are_isolated_and_retried(tmp_path):
+    grid = {'mode': ['ok', 'raise', 'crash'], 'x': 5}
+    res = sw.run_sweep(TINY, grid, tmp_path / 'o', workers=2, retries=1, progress=False)
+    assert not res.ok
+    df = res.results.set_index('mode')
+    ok, raised, crashed = df.loc['ok'], df.loc['raise'], df.loc['crash']
+    assert ok['status'] == 'completed' and ok['attempts'] == 1 and ok['y'] == 5.0
+    assert raised['status'] == 'failed' and raised['attempts'] == 2  # retried once
+    assert 'RuntimeError: requested failure (x=5)' in raised['error']
+    assert crashed['status'] == 'failed' and 'DeadKernelError' in crashed['error'] and crashed['attempts'] == 2
+    for row in (raised, crashed):
+        d = Path(row['run_dir'])
+        assert (d / 'tiny_sweep.ipynb').is_file()  # the executed notebook is kept for inspection
+        assert not (d / 'metrics.json').exists()
+        assert 'attempt 2' in (d / 'run.log').read_text()
+    csv = pd.read_csv(tmp_path / 'o' / 'results.csv')  # the CSV holds the same statuses
+    assert sorted(csv['status']) == ['completed', 'failed', 'failed']
+
+
+def test_timeout_in_sweep_kills_the_kernel(tmp_path):
+    grid = {'sleep_s': [0.0, 60.0]}
+    t0 = time.monotonic()
+    res = sw.run_sweep(TINY, grid, tmp_path / 'o', workers=2, timeout=10, progress=False)
+    wall = time.monotonic() - t0
+    df = res.results.set_index('sleep_s')
+    assert df.loc[0.0, 'status'] == 'completed'
+    slow = df.loc[60.0]
+    assert slow['status'] == 'timeout' and 'timed out after 10 s' in slow['error']
+    assert float(slow['duration_s']) < 10 + 8 and wall < 45  # stopped at its deadline, not after 60 s
+    d = Path(slow['run_dir'])
+    assert (d / 'tiny_sweep.ipynb').is_file() and not (d / 'metrics.json').exists()
+    st = json.loads((d / 'status.json').read_text())
+    assert st['kernel_pids'] and not any(_alive(p) for p in st['kernel_pids'])  # no kernel left behind
+    assert not res.ok
+
+
+def test_run_notebook_timeout_kills_kernel(tmp_path):
+    rec = sw.run_notebook(TINY, tmp_path, {'sleep_s': 60.0}, timeout=3)
+    assert rec['status'] == 'timeout' and rec['duration_s'] < 3 + 10
+    assert rec['kernel_pids'] and not any(_alive(p) for p in rec['kernel_pids'])
+    assert json.loads((tmp_path / 'status.json').read_text())['status'] == 'timeout'
+
+
+def _statuses(out: Path) -> dict:
+    return {d.name: (sw.read_status(d) or {}).get('status') for d in out.iterdir() if (d / 'params.json').exists()}
+
+
+def test_interrupt_and_resume(tmp_path):
+    ledger = tmp_path / 'ledger.txt'
+    (tmp_path / 'g.yaml').write_text(f'x: [1, 2, 3, 4]\nsleep_s: 1.0\nledger: {ledger}\n')
+    out = tmp_path / 'o'
+    cmd = [str(EXE), 'sweep', str(TINY), '--grid', str(tmp_path / 'g.yaml'), '--out', str(out), '--workers', '1',
+           '--no-progress']
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None:
+            # results.csv is refreshed as runs finish: wait for a completed row in it, then kill
+            csv = out / 'results.csv'
+            if csv.exists() and 'completed' in pd.read_csv(csv)['status'].values: break
+            time.sleep(0.1)
+        assert p.poll() is None, 'the sweep finished before it could be interrupted'
+        os.kill(p.pid, signal.SIGKILL)  # the worst case: no chance to clean up
+        p.wait()
+    finally:
+        if p.poll() is None: p.kill()
+    # the orphaned worker notices, kills its kernel and marks its run: nothing stays "running"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and 'running' in _statuses(out).values():
+        time.sleep(0.2)
+    first = _statuses(out)
+    assert 'running' not in first.values(), first
+    done_before = {k for k, v in first.items() if v == 'completed'}
+    assert 1 <= len(done_before) < 4
+    for k in first:  # nothing that is not complete looks complete
+        assert ((out / k / 'metrics.json').exists() or first[k] != 'completed')
+    frozen = {k: (out / k / 'status.json').read_bytes() for k in done_before}
+    partial = pd.read_csv(out / 'results.csv')  # written by the killed sweep
+    assert set(partial.loc[partial['status'] == 'completed', 'run_id']) <= done_before
+    assert (partial['status'] == 'completed').any()
+
+    assert main(cmd[1:]) == 0  # the same command again resumes
+    second = _statuses(out)
+    assert len(second) == 4 and set(second.values()) == {'completed'}
+    assert {k: (out / k / 'status.json').read_bytes() for k in done_before} == frozen  # not re-run
+    lines = ledger.read_text().splitlines()
+    xs = [int(l.split(',')[0]) for l in lines]
+    assert set(xs) == {1, 2, 3, 4}
+    for k in done_before:
+        x = json.loads((out / k / 'params.json').read_text())['x']
+        assert xs.count(x) == 1
+    df = pd.read_csv(out / 'results.csv')
+    assert sorted(df['x']) == [1, 2, 3, 4] and set(df['status']) == {'completed'}
+
+
+@pytest.mark.slow
+def test_sigterm_marks_runs_interrupted(tmp_path):
+    (tmp_path / 'g.yaml').write_text('x: [1, 2]\nsleep_s: 30.0\n')
+    out = tmp_path / 'o'
+    p = subprocess.Popen([str(EXE), 'sweep', str(TINY), '--grid', str(tmp_path / 'g.yaml'), '--out', str(out),
+                          '--workers', '2', '--no-progress'], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        st = _statuses(out) if out.exists() else {}
+        if list(st.values()).count('running') == 2: break
+        time.sleep(0.2)
+    time.sleep(1.5)  # the kernels are up
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and 'resume' in err
+    st = _statuses(out)
+    assert set(st.values()) == {'interrupted'}, st
+    for d in out.iterdir():
+        if (d / 'status.json').exists():
+            assert not any(_alive(k) for k in json.loads((d / 'status.json').read_text()).get('kernel_pids') or [])
+
+
+# ---------------------------------------------------------------- ray engine
+
+def test_ray_engine_2x2(tmp_path):
+    ray = pytest.importorskip('ray')
+    ray.init(address='local', num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        res = sw.run_sweep(TINY, {'x': [2, 3], 'scale': [0.5, 4.0]}, tmp_path / 'o', engine='ray', progress=False)
+        # a run whose parameters ask for CUDA needs a GPU task; this 2-CPU cluster has none: refused, not hung
+        with pytest.raises(ValueError, match='no GPU'):
+            sw.run_sweep(TINY, {'label': ['cuda']}, tmp_path / 'g', engine='ray', progress=False)
+    finally:
+        ray.shutdown()
+    assert res.ok and len(res.ran) == 4
+    df = pd.read_csv(tmp_path / 'o' / 'results.csv')
+    assert len(df) == 4 and set(df['status']) == {'completed'}
+    np.testing.assert_allclose(df['y'], df['x'] * df['scale'])
+    assert {(r.x, r.scale) for r in df.itertuples()} == {(2, 0.5), (2, 4.0), (3, 0.5), (3, 4.0)}
