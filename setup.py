@@ -9,8 +9,7 @@ cfg = cfg['DEFAULT']
 
 requirements = cfg.get('requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
-licenses = {'apache2': ('Apache Software License 2.0', 'OSI Approved :: Apache Software License')}
-lic = licenses[cfg['license']]
+licenses = {'apache2': 'Apache-2.0'}  # SPDX expression (setuptools deprecates License :: classifiers)
 scripts = [s.strip() for s in cfg.get('console_scripts', '').split('\n') if s.strip()]
 
 setuptools.setup(
@@ -21,7 +20,7 @@ setuptools.setup(
     long_description_content_type='text/markdown',
     author=cfg['author'],
     author_email=cfg['author_email'],
-    license=lic[0],
+    license=licenses[cfg['license']],
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['hyperlatent', 'hyperlatent.*']),
     include_package_data=True,
@@ -30,6 +29,6 @@ setuptools.setup(
     python_requires='>=' + cfg['min_python'],
     zip_safe=False,
     entry_points={'console_scripts': scripts, 'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
-    classifiers=['Programming Language :: Python :: 3', f'License :: {lic[1]}'],
+    classifiers=['Programming Language :: Python :: 3'],
     keywords=cfg['keywords'],
 )
