@@ -1,0 +1,84 @@
+"""Benchmark: exact chunked `knn_score` vs scikit-learn `NearestNeighbors(algorithm='brute')`.
+
+Problem of issue 4: bank 60,000 x query 10,000 x d 128, float32, k = 3, on CPU. Each measurement runs in
+a fresh subprocess so that its peak memory (VmHWM minus the resident size before the call, i.e. the
+extra memory the search needs beyond the data) is its own. Prints medians over repeats and the ratio.
+
+    python bench/bench_knn.py                 # the issue's size, 3 repeats
+    python bench/bench_knn.py --bank 6000 --query 1000 --repeats 5   # quick
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+
+def _rss_kib(field: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return -1
+
+
+def worker(method: str, n_bank: int, n_query: int, d: int, k: int) -> None:
+    import numpy as np
+    import torch
+    rng = np.random.default_rng(0)
+    bank = rng.standard_normal((n_bank, d), dtype=np.float32)
+    query = rng.standard_normal((n_query, d), dtype=np.float32)
+    if method == 'hyperlatent':
+        from hyperlatent.detect import knn_score
+        run = lambda: knn_score(bank, query, k)
+    else:
+        from sklearn.neighbors import NearestNeighbors
+        nn = NearestNeighbors(n_neighbors=k, algorithm='brute')
+        run = lambda: nn.fit(bank).kneighbors(query)[0].mean(1)
+    before = _rss_kib('VmRSS')
+    t0 = time.perf_counter()
+    s = run()
+    dt = time.perf_counter() - t0
+    peak = _rss_kib('VmHWM')
+    print(json.dumps({'seconds': dt, 'extra_peak_mib': (peak - before) / 1024, 'checksum': float(np.sum(s)),
+                      'threads': torch.get_num_threads()}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--bank', type=int, default=60_000)
+    p.add_argument('--query', type=int, default=10_000)
+    p.add_argument('--dim', type=int, default=128)
+    p.add_argument('--k', type=int, default=3)
+    p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--worker', choices=['hyperlatent', 'sklearn'])
+    a = p.parse_args()
+    if a.worker:
+        return worker(a.worker, a.bank, a.query, a.dim, a.k)
+    print(f'knn_score vs sklearn NearestNeighbors(brute): bank {a.bank} x query {a.query} x d {a.dim}, k={a.k}, '
+          f'float32, CPU, median of {a.repeats} interleaved runs (each in a fresh process)')
+    res = {'hyperlatent': [], 'sklearn': []}
+    for _ in range(a.repeats):  # interleaved, so that a change in machine load hits both methods alike
+        for method in res:
+            out = subprocess.run([sys.executable, __file__, '--worker', method, '--bank', str(a.bank), '--query',
+                                  str(a.query), '--dim', str(a.dim), '--k', str(a.k)],
+                                 capture_output=True, text=True, check=True)
+            res[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    for method, runs in res.items():
+        t = statistics.median(r['seconds'] for r in runs)
+        mem = max(r['extra_peak_mib'] for r in runs)
+        print(f'  {method:12s} median {t:7.2f} s  (runs: {", ".join("%.2f" % r["seconds"] for r in runs)})  '
+              f'extra peak memory {mem:7.1f} MiB  threads {runs[0]["threads"]}')
+    c1, c2 = res['hyperlatent'][0]['checksum'], res['sklearn'][0]['checksum']
+    print(f'  sum of scores: hyperlatent {c1:.6f}, sklearn {c2:.6f} (relative difference {abs(c1 - c2) / abs(c2):.1e})')
+    th = statistics.median(r['seconds'] for r in res['hyperlatent'])
+    ts = statistics.median(r['seconds'] for r in res['sklearn'])
+    pairs = [s['seconds'] / h['seconds'] for h, s in zip(res['hyperlatent'], res['sklearn'])]
+    print(f'  speed ratio sklearn / hyperlatent = {ts / th:.2f}x of the medians, median of paired ratios '
+          f'{statistics.median(pairs):.2f}x  (>1 means knn_score is faster)')
+    print('  note: timings on a shared machine are noisy; compare ratios from the same run only.')
+
+
+if __name__ == '__main__':
+    main()
