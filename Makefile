@@ -10,7 +10,7 @@ EXTRAS     ?= dev,ray
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.installed
 
-.PHONY: install demo test test-all check-sync bench clean-nbs export
+.PHONY: install demo test test-slow test-all check-sync bench clean-nbs export
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ check-sync: install
 test: install check-sync
 	$(BIN)/nbdev_test --path nbs --skip_folder_re '^(experiments|[_.])' --n_workers 2
 	$(BIN)/python -m pytest tests -q -m "not slow"
+
+# Only what `make test` skips: notebooks run with their `#| slow` cells, and pytest's slow tests (CI runs both).
+test-slow: install
+	$(BIN)/nbdev_test --path nbs --skip_folder_re '^(experiments|[_.])' --flags slow --n_workers 2
+	$(BIN)/python -m pytest tests -q -m slow
 
 # Everything, including cells flagged `#| slow` and tests marked slow.
 test-all: install check-sync
