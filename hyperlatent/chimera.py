@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .data import atomic_write
 from .rules import RuleDAG, apply_operator, compile_rules
 
 # %% auto #0
@@ -513,17 +514,11 @@ class GateCache:
 
     def save(self, evaluator: RuleEvaluator, fingerprint: str = '', tag: str = '', nodes=None) -> list[str]:
         "Store the gates of `nodes` (default: all operator nodes); returns their keys."
-        import os, tempfile
         keys = []
         for i in (evaluator.dag.operator_nodes if nodes is None else nodes):
             key = gate_cache_key(evaluator.dag, i, evaluator.feature_dim, fingerprint, tag=tag)
-            fd, tmp = tempfile.mkstemp(dir=self.root, suffix='.tmp')
-            os.close(fd)
-            try:
-                torch.save(evaluator.gate(i).state_dict(), tmp)
-                os.replace(tmp, self._path(key))
-            finally:
-                if os.path.exists(tmp): os.remove(tmp)
+            state = evaluator.gate(i).state_dict()
+            atomic_write(self._path(key), lambda f: torch.save(state, f))
             keys.append(key)
         return keys
 

@@ -17,8 +17,9 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -28,9 +29,10 @@ from torch.utils.data import Dataset, Sampler
 # %% auto #0
 __all__ = ['DIGITS_TEST_FRACTION', 'DIGITS_SPLIT_SEED', 'MNIST_CLASSES', 'FASHION_MNIST_CLASSES', 'IMAGE_EXTENSIONS',
            'IMAGENETTE_WNIDS', 'DATASETS', 'MissingDatasetError', 'CorruptDatasetError', 'LabeledDataset', 'flatten',
-           'concat', 'digits_split_indices', 'read_idx', 'write_idx', 'load_idx_pair', 'read_pickle_batch',
-           'load_cifar_folder', 'load_image_folder', 'download_file', 'load_dataset', 'select_classes', 'class_split',
-           'leave_one_class_out', 'heldout_mask', 'stratified_subsample', 'ClassBalancedBatchSampler']
+           'concat', 'digits_split_indices', 'atomic_write', 'read_idx', 'write_idx', 'load_idx_pair',
+           'read_pickle_batch', 'load_cifar_folder', 'load_image_folder', 'download_file', 'load_dataset',
+           'select_classes', 'class_split', 'leave_one_class_out', 'heldout_mask', 'stratified_subsample',
+           'ClassBalancedBatchSampler']
 
 # %% ../nbs/01_data.ipynb #b2cf6b74
 class MissingDatasetError(FileNotFoundError):
@@ -198,6 +200,29 @@ def _load_digits(split: str) -> LabeledDataset:
                           meta={'split_rule': f'stratified, round({DIGITS_TEST_FRACTION} n_c) test samples per class, '
                                               f'np.random.RandomState({DIGITS_SPLIT_SEED}).permutation per class'})
 
+# %% ../nbs/01_data.ipynb #ce8ae499
+def atomic_write(
+    path: str | os.PathLike,  # destination file
+    write: Callable[[BinaryIO], object],  # called with an open binary file object to fill
+) -> Path:  # the destination path
+    "Write a file atomically: `write` fills a temp file in the same folder, which then replaces `path`."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
 # %% ../nbs/01_data.ipynb #4757cc7f
 _IDX_TYPES = {0x08: '>u1', 0x09: '>i1', 0x0B: '>i2', 0x0C: '>i4', 0x0D: '>f4', 0x0E: '>f8'}
 
@@ -247,19 +272,10 @@ def write_idx(
     payload = (bytes([0, 0, codes[arr.dtype], arr.ndim]) + np.asarray(arr.shape, '>u4').tobytes()
                + arr.astype(arr.dtype.newbyteorder('>')).tobytes())
     path = Path(path)
-    _atomic_write_bytes(path, gzip.compress(payload) if path.name.endswith('.gz') else payload)
+    payload = gzip.compress(payload) if path.name.endswith('.gz') else payload
+    atomic_write(path, lambda f: f.write(payload))
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 # %% ../nbs/01_data.ipynb #c58c0456
 MNIST_CLASSES = [str(c) for c in range(10)]

@@ -9,7 +9,6 @@ import inspect
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +20,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, BatchSampler
 from tqdm import tqdm
 
+from .data import atomic_write
 from .vae import BetaObjective, reconstruction_loss
 
 # %% auto #0
-__all__ = ['ANNEALING_SCHEDULES', 'annealing_factor', 'select_device', 'atomic_write', 'hflip', 'NonFiniteLossError', 'FitResult',
-           'fit', 'load_checkpoint', 'encode_dataset']
+__all__ = ['ANNEALING_SCHEDULES', 'annealing_factor', 'select_device', 'hflip', 'NonFiniteLossError', 'FitResult', 'fit',
+           'load_checkpoint', 'encode_dataset']
 
 # %% ../nbs/03_train.ipynb #a5de686b
 def _intended_anneal(e: int) -> float:
@@ -168,29 +168,6 @@ class _Batches:
         if self.loader is not None:
             return len(self.loader)
         return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
-
-# %% ../nbs/03_train.ipynb #ce8ae499
-def atomic_write(
-    path: str | os.PathLike,  # destination file
-    write: Callable[[Any], None],  # called with an open binary file object to fill
-) -> Path:  # the destination path
-    "Write a file atomically: `write` fills a temp file in the same folder, which then replaces `path`."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 # %% ../nbs/03_train.ipynb #a2436e3c
 def hflip(
