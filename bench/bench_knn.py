@@ -6,6 +6,8 @@ extra memory the search needs beyond the data) is its own. Prints medians over r
 
     python bench/bench_knn.py                 # the issue's size, 3 repeats
     python bench/bench_knn.py --bank 6000 --query 1000 --repeats 5   # quick
+    python bench/bench_knn.py --bank 10000 --dim 784 --k 10 --self    # the leakage diagnostic: query = bank,
+                                                                      # self excluded (sklearn: kneighbors())
 """
 import argparse
 import json
@@ -23,19 +25,19 @@ def _rss_kib(field: str) -> int:
     return -1
 
 
-def worker(method: str, n_bank: int, n_query: int, d: int, k: int) -> None:
+def worker(method: str, n_bank: int, n_query: int, d: int, k: int, self_: bool = False) -> None:
     import numpy as np
     import torch
     rng = np.random.default_rng(0)
     bank = rng.standard_normal((n_bank, d), dtype=np.float32)
-    query = rng.standard_normal((n_query, d), dtype=np.float32)
+    query = bank if self_ else rng.standard_normal((n_query, d), dtype=np.float32)
     if method == 'hyperlatent':
         from hyperlatent.detect import knn_score
-        run = lambda: knn_score(bank, query, k)
+        run = lambda: knn_score(bank, query, k, exclude_self=self_)
     else:
         from sklearn.neighbors import NearestNeighbors
         nn = NearestNeighbors(n_neighbors=k, algorithm='brute')
-        run = lambda: nn.fit(bank).kneighbors(query)[0].mean(1)
+        run = lambda: (nn.fit(bank).kneighbors() if self_ else nn.fit(bank).kneighbors(query))[0].mean(1)
     before = _rss_kib('VmRSS')
     t0 = time.perf_counter()
     s = run()
@@ -52,17 +54,21 @@ def main() -> None:
     p.add_argument('--dim', type=int, default=128)
     p.add_argument('--k', type=int, default=3)
     p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--self', dest='self_', action='store_true', help='query is the bank, self-matches excluded')
     p.add_argument('--worker', choices=['hyperlatent', 'sklearn'])
     a = p.parse_args()
     if a.worker:
-        return worker(a.worker, a.bank, a.query, a.dim, a.k)
+        return worker(a.worker, a.bank, a.query, a.dim, a.k, a.self_)
+    if a.self_:
+        a.query = a.bank
     print(f'knn_score vs sklearn NearestNeighbors(brute): bank {a.bank} x query {a.query} x d {a.dim}, k={a.k}, '
+          f'{"query = bank, self excluded, " if a.self_ else ""}'
           f'float32, CPU, median of {a.repeats} interleaved runs (each in a fresh process)')
     res = {'hyperlatent': [], 'sklearn': []}
     for _ in range(a.repeats):  # interleaved, so that a change in machine load hits both methods alike
         for method in res:
             out = subprocess.run([sys.executable, __file__, '--worker', method, '--bank', str(a.bank), '--query',
-                                  str(a.query), '--dim', str(a.dim), '--k', str(a.k)],
+                                  str(a.query), '--dim', str(a.dim), '--k', str(a.k)] + ['--self'] * a.self_,
                                  capture_output=True, text=True, check=True)
             res[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
     for method, runs in res.items():

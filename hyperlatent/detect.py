@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -26,7 +27,7 @@ __all__ = ['BASELINES', 'MODEL_SCORES', 'OBJECTIVES', 'knn_search', 'knn_score',
            'unconditional_protocol', 'conditional_protocol', 'cross_dataset_protocol', 'VAEDetector']
 
 # %% ../nbs/04_detect.ipynb #6fcd7f94
-_BLOCK_BYTES = 128 * 2**20  # bytes of one (query chunk x bank chunk) distance block
+_BLOCK_BYTES = 128 * 2**20  # memory budget (bytes) of one block: each temporary buffer of `knn_search` fits it
 _CANDIDATE_MARGIN = 8  # extra candidates kept per query row before the exact re-ranking
 
 
@@ -54,9 +55,23 @@ def _as_tensor(a, name: str, device=None) -> Tensor:
     return t
 
 
-def _check_finite(t: Tensor, name: str) -> None:
-    if not bool(torch.isfinite(t).all()):
+def _row_slices(t: Tensor, budget: int):
+    "Consecutive row ranges of `t` whose float64 copies would fit `budget` bytes (at least one row each)."
+    step = max(1, budget // (8 * t.shape[1]))
+    return [slice(s, s + step) for s in range(0, t.shape[0], step)]
+
+
+def _check_finite(t: Tensor, name: str, budget: int = 2**26) -> None:
+    if not all(bool(torch.isfinite(t[s]).all()) for s in _row_slices(t, budget)):
         raise ValueError(f'{name} must contain only finite values (no NaN or inf)')
+
+
+def _sq_norms(t: Tensor, budget: int) -> Tensor:
+    "(n,) squared row norms sum_i t_i^2 in t's dtype, computed in row slices (no full-size temporary)."
+    out = torch.empty(t.shape[0], dtype=t.dtype, device=t.device)
+    for s in _row_slices(t, budget):
+        out[s] = (t[s] * t[s]).sum(1)
+    return out
 
 
 def _unit_roundoff(t: Tensor) -> float:
@@ -70,19 +85,35 @@ def _unit_roundoff(t: Tensor) -> float:
 
 
 def _gram(a: Tensor, b: Tensor, buffers: dict) -> Tensor:
-    """a @ b.T; on CPU through numpy's BLAS (OpenBLAS), 1.5-3x faster than torch's MKL build on the AMD CPUs we
-    measured, into a reused output buffer (a fresh 100 MB array per block costs as much in page faults)."""
-    if a.device.type == 'cpu' and a.dtype in (torch.float32, torch.float64):
-        shape = (a.shape[0], b.shape[0])
-        if shape not in buffers:
-            buffers[shape] = np.empty(shape, dtype=a.numpy().dtype)
-        out = buffers[shape]
-        np.matmul(a.numpy(), b.numpy().T, out=out)
-        return torch.from_numpy(out)
-    return a @ b.T
+    """a @ b.T written into one reused flat buffer (a fresh 100 MB block per call costs as much in page faults
+    as the product). Through torch's own BLAS: calling numpy's OpenBLAS here was as fast alone, but its spinning
+    threads then fought torch's OpenMP threads over the cores during the selection that follows (up to 2x)."""
+    size = a.shape[0] * b.shape[0]
+    buf = buffers.get('out')
+    if buf is None or buf.numel() < size or buf.dtype != a.dtype or buf.device != a.device:
+        buffers['out'] = None  # free the old one first
+        buf = buffers['out'] = torch.empty(size, dtype=a.dtype, device=a.device)
+    return torch.mm(a, b.T, out=buf[:size].view(a.shape[0], b.shape[0]))
 
 
 _GROUP = 32  # columns per group in `_select`
+
+
+@contextmanager
+def _serial(device: torch.device):
+    """Run the enclosed CPU work on one thread. A parallel torch op waits for all its threads; on a busy machine
+    the wait for a descheduled one costs milliseconds, far more than the small (rows x candidates) work of the
+    selection (one memory-bound pass over the block) and the re-ranking. Only the GEMM, which dominates, runs
+    on all threads."""
+    n = torch.get_num_threads()
+    if device.type != 'cpu' or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def _select(a: Tensor, kc: int) -> tuple[Tensor, Tensor]:
@@ -95,24 +126,40 @@ def _select(a: Tensor, kc: int) -> tuple[Tensor, Tensor]:
     `knn_search` handles anyway, since every entry left out is >= the largest one returned."""
     r, c = a.shape
     G = c // _GROUP
-    if G <= kc:
-        t = torch.topk(a, min(kc, c), dim=1, largest=False, sorted=False)
-        return t.values, t.indices
-    gmin = a[:, :G * _GROUP].unflatten(1, (G, _GROUP)).amin(2)  # (r, G)
-    gi = torch.topk(gmin, kc, dim=1, largest=False, sorted=False).indices  # (r, kc)
-    cols = (gi.unsqueeze(2) * _GROUP + torch.arange(_GROUP, device=a.device)).flatten(1)
-    if c > G * _GROUP:
-        cols = torch.cat([cols, torch.arange(G * _GROUP, c, device=a.device).expand(r, -1)], 1)
-    vals = torch.gather(a, 1, cols)
-    t = torch.topk(vals, kc, dim=1, largest=False, sorted=False)
-    return t.values, torch.gather(cols, 1, t.indices)
+    with _serial(a.device):
+        if G <= kc:
+            t = torch.topk(a, min(kc, c), dim=1, largest=False, sorted=False)
+            return t.values, t.indices
+        gmin = a[:, :G * _GROUP].unflatten(1, (G, _GROUP)).amin(2)  # (r, G), the one full pass
+        gi = torch.topk(gmin, kc, dim=1, largest=False, sorted=False).indices  # (r, kc)
+        cols = (gi.unsqueeze(2) * _GROUP + torch.arange(_GROUP, device=a.device)).flatten(1)
+        if c > G * _GROUP:
+            cols = torch.cat([cols, torch.arange(G * _GROUP, c, device=a.device).expand(r, -1)], 1)
+        vals = torch.gather(a, 1, cols)
+        t = torch.topk(vals, kc, dim=1, largest=False, sorted=False)
+        return t.values, torch.gather(cols, 1, t.indices)
 
 
-def _exact_rerank(q64: Tensor, B: Tensor, cand: Tensor, k: int, self_idx: Tensor | None):
-    "Exact float64 distances of candidate indices `cand` (r, kc); sorted by (distance, index); first k."
-    b64 = torch.index_select(B, 0, cand.flatten()).to(torch.float64).view(*cand.shape, -1)  # gather, then widen
-    diff = q64[:, None, :] - b64  # (r, kc, d)
-    e = torch.sqrt((diff * diff).sum(-1))
+def _pair_dist(Q: Tensor, B: Tensor, qi: Tensor, bi: Tensor, budget: int) -> Tensor:
+    """Direct float64 distances sqrt(sum_i (Q[qi]_i - B[bi]_i)^2) of the index pairs (qi, bi), in slices of
+    pairs whose float64 (pairs, d) work buffers stay within `budget` bytes."""
+    d = B.shape[1]
+    out = torch.empty(qi.shape[0], dtype=torch.float64, device=B.device)
+    step = max(1, budget // (2 * 8 * d))  # two (step, d) float64 buffers (the native-dtype gathers are smaller)
+    for s in range(0, qi.shape[0], step):
+        diff = torch.index_select(B, 0, bi[s:s + step]).to(torch.float64)  # gather, then widen
+        diff.sub_(torch.index_select(Q, 0, qi[s:s + step]))  # (q - b)^2 == (b - q)^2 bit for bit
+        out[s:s + step] = diff.square_().sum(1).sqrt_()
+    return out
+
+
+def _exact_rerank(Q: Tensor, B: Tensor, qrows: Tensor, cand: Tensor, todo: Tensor, k: int, self_idx: Tensor | None,
+                  budget: int):
+    """Exact float64 distances of the candidates `cand` (r, kc) flagged in `todo` (r, kc) (the others count as
+    +inf); each row sorted by (distance, index); first k. `qrows` (r,) are the rows of Q that the rows stand for."""
+    e = torch.full(cand.shape, math.inf, dtype=torch.float64, device=B.device)
+    rr, cc = torch.nonzero(todo, as_tuple=True)
+    e[rr, cc] = _pair_dist(Q, B, qrows[rr], cand[rr, cc], budget)
     if self_idx is not None:
         e = torch.where(cand == self_idx[:, None], torch.full_like(e, math.inf), e)
     order = torch.argsort(cand, dim=1)  # index order first ...
@@ -121,14 +168,47 @@ def _exact_rerank(q64: Tensor, B: Tensor, cand: Tensor, k: int, self_idx: Tensor
     return torch.gather(e, 1, order)[:, :k], torch.gather(cand, 1, order)[:, :k]
 
 
-def _brute_rows(q64: Tensor, b64: Tensor, k: int, self_idx: Tensor | None, bank_rows: int):
-    "Direct float64 distances from a few query rows to the whole bank, stable-sorted; first k."
-    e = torch.cat([torch.cdist(q64, b64[s:s + bank_rows].to(torch.float64), compute_mode='donot_use_mm_for_euclid_dist')
-                   for s in range(0, b64.shape[0], bank_rows)], dim=1)
-    if self_idx is not None:
-        e[torch.arange(len(q64), device=e.device), self_idx] = math.inf
-    srt = torch.sort(e, dim=1, stable=True)
-    return srt.values[:, :k], srt.indices[:, :k]
+def _brute_rows(Q: Tensor, B: Tensor, Baug: Tensor, qrows: Tensor, lim: Tensor, k: int, self_idx: Tensor | None,
+                budget: int, buffers: dict):
+    """Exact k nearest bank rows of the query rows `qrows` of Q whose candidate list gave no certificate.
+
+    A second pass over the whole bank in (rows x bank rows) blocks within `budget` bytes: the same GEMM as the
+    first pass gives approximate values a_j, and only bank rows with a_j <= `lim` (the row's first-pass k-th
+    value plus 2 tau) can be among or tie with the k nearest, so only those get direct float64 distances
+    (`_pair_dist`). Blocks are merged with a stable sort, so equal distances keep the lower index first.
+    `lim` = +inf is plain brute force. Returns (dist, idx), each (len(qrows), k), in (distance, index) order."""
+    n = B.shape[0]
+    rs = min(len(qrows), 256)  # query rows at a time, against bs bank rows: the (rs, bs) GEMM block, its mask,
+    bs = max(1, budget // (40 * rs))  # float64 distances, indices and sort stay within the budget even if all pass
+    dist = torch.empty(len(qrows), k, dtype=torch.float64, device=B.device)
+    idx = torch.empty(len(qrows), k, dtype=torch.int64, device=B.device)
+    for s in range(0, len(qrows), rs):
+        qr = qrows[s:s + rs]
+        qaug = torch.cat([Q[qr], torch.ones(len(qr), 1, dtype=Q.dtype, device=B.device)], 1)
+        lo = lim[s:s + rs].to(Q.dtype)  # the limit rounded up to the GEMM's dtype: a <= lo  <=>  a <= lim
+        lo = torch.where(lo.to(torch.float64) < lim[s:s + rs], torch.nextafter(lo, torch.full_like(lo, math.inf)), lo)
+        bv = bi = None
+        for b0 in range(0, n, bs):
+            a = _gram(qaug, Baug[b0:b0 + bs], buffers)
+            with _serial(B.device):
+                todo = ~(a > lo[:, None])  # NaN (an overflowing GEMM) is not provably above: keep it
+                if self_idx is not None:
+                    sc = self_idx[s:s + rs] - b0
+                    ok = (sc >= 0) & (sc < a.shape[1])
+                    todo[torch.nonzero(ok).squeeze(1), sc[ok]] = False
+                cols = torch.nonzero(todo.any(0)).squeeze(1)  # ascending bank rows with any work
+                todo = todo[:, cols]
+                e = torch.full(todo.shape, math.inf, dtype=torch.float64, device=B.device)
+                rr, cc = torch.nonzero(todo, as_tuple=True)
+                e[rr, cc] = _pair_dist(Q, B, qr[rr], cols[cc] + b0, budget // 4)
+                j = (cols + b0).expand_as(e)
+                if bv is not None:  # earlier blocks first: among equal distances the stable sort keeps lower indices first
+                    e, j = torch.cat([bv, e], 1), torch.cat([bi, j], 1)
+                kk = min(k, e.shape[1])
+                srt = torch.sort(e, dim=1, stable=True)
+                bv, bi = srt.values[:, :kk], torch.gather(j, 1, srt.indices[:, :kk])
+        dist[s:s + rs], idx[s:s + rs] = bv, bi
+    return dist, idx
 
 
 def knn_search(
@@ -154,7 +234,8 @@ def knn_search(
         raise ValueError(f'bank and query must have the same number of features, got {B.shape[1]} and {Q.shape[1]}')
     dtype = torch.promote_types(B.dtype, Q.dtype)
     B, Q = B.to(dtype), Q.to(dtype)
-    _check_finite(B, 'bank'); _check_finite(Q, 'query')
+    budget = _BLOCK_BYTES
+    _check_finite(B, 'bank', budget); _check_finite(Q, 'query', budget)
     n, m = B.shape[0], Q.shape[0]
     if exclude_self and n != m:
         raise ValueError(f'exclude_self=True needs query to be the bank (same number of rows), got {m} query and {n} bank rows')
@@ -165,54 +246,68 @@ def knn_search(
         raise ValueError(f'chunk_size must be a positive int or None, got {chunk_size!r}')
     k = int(k)
     item = B.element_size()
-    qc = int(chunk_size) if chunk_size else max(16, min(m, _BLOCK_BYTES // (item * n)))
-    kc = min(n, k + _CANDIDATE_MARGIN)
-    bc = max(kc, min(n, _BLOCK_BYTES // (item * qc)))
     d = B.shape[1]
+    # default query chunk: its (chunk, n) block of approximate values and its (chunk, d + 1) copy both fit the budget
+    qc = int(chunk_size) if chunk_size else max(16, min(m, budget // (item * n), budget // (item * (d + 1))))
+    kc = min(n, k + _CANDIDATE_MARGIN)
+    bc = max(kc, min(n, budget // (item * qc)))
     u = _unit_roundoff(B)
     gamma = (d + 2) * u / (1 - (d + 2) * u)
-    bnorm2 = (B * B).sum(1)
+    bnorm2 = _sq_norms(B, budget // 4)
     bmax = float(bnorm2.max())
+    qnorm2 = _sq_norms(Q, budget // 4).to(torch.float64)
     # One GEMM per block gives a_j - |q|^2 = |b_j|^2 - 2 q.b_j directly: [q, 1] @ [-2 b, |b|^2]^T. The row
-    # constant |q|^2 changes neither the order nor the differences the certificate uses.
-    Baug = torch.cat([-2 * B, bnorm2.unsqueeze(1)], 1)
-    buffers: dict = {}  # reused (query chunk x bank chunk) output arrays of `_gram`
+    # constant |q|^2 changes neither the order nor the differences the certificate uses. Baug is the one
+    # bank-sized copy the search makes (-2 b is exact, a power-of-two scaling).
+    Baug = torch.empty(n, d + 1, dtype=dtype, device=B.device)
+    torch.mul(B, -2, out=Baug[:, :d])
+    Baug[:, d] = bnorm2
+    buffers: dict = {}  # the reused (query chunk x bank chunk) output block of `_gram`
     dist_out = torch.empty(m, k, dtype=torch.float64, device=B.device)
     idx_out = torch.empty(m, k, dtype=torch.int64, device=B.device)
     for qs in range(0, m, qc):
         q = Q[qs:qs + qc]
         r = q.shape[0]
-        qn2 = (q * q).sum(1)
+        qrows = torch.arange(qs, qs + r, device=B.device)
         qaug = torch.cat([q, torch.ones(r, 1, dtype=dtype, device=B.device)], 1)
-        self_idx = torch.arange(qs, qs + r, device=B.device) if exclude_self else None
+        self_idx = qrows if exclude_self else None
         best_v = best_i = None
         for bs in range(0, n, bc):
-            a = _gram(qaug, Baug[bs:bs + bc], buffers)
-            if exclude_self:
-                rows = torch.arange(r, device=B.device)
-                cols = self_idx - bs
-                ok = (cols >= 0) & (cols < a.shape[1])
-                a[rows[ok], cols[ok]] = math.inf
-            v, i = _select(a, kc)
-            i = i + bs
-            if best_v is not None:
-                v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i], 1)
-                if v.shape[1] > kc:
-                    t = torch.topk(v, kc, dim=1, largest=False, sorted=False)
-                    v, i = t.values, torch.gather(i, 1, t.indices)
-            best_v, best_i = v, i
-        q64 = q.to(torch.float64)
-        dk, ik = _exact_rerank(q64, B, best_i, k, self_idx)
-        if kc < n:  # the certificate of the markdown above; rows without it are redone by brute force
-            sv = torch.sort(best_v.to(torch.float64), dim=1).values
-            kth = sv[:, k - 1]  # (a masked self-match, +inf, can only be a candidate when kc = n)
-            tau = 2 * gamma * (qn2.to(torch.float64) + bmax)
-            bad = ~(sv[:, -1] - kth > 2 * tau)
-            if bool(bad.any()):
-                rows = torch.nonzero(bad).squeeze(1)
-                bd, bi = _brute_rows(q64[rows], B, k, None if self_idx is None else self_idx[rows],
-                                     max(1, _BLOCK_BYTES // (8 * max(1, len(rows)))))
-                dk[rows], ik[rows] = bd, bi
+            a = _gram(qaug, Baug[bs:bs + bc], buffers)  # the bulk of the time: on all threads
+            with _serial(B.device):
+                if exclude_self:
+                    rows = torch.arange(r, device=B.device)
+                    cols = self_idx - bs
+                    ok = (cols >= 0) & (cols < a.shape[1])
+                    a[rows[ok], cols[ok]] = math.inf
+                v, i = _select(a, kc)
+                i = i + bs
+                if best_v is not None:
+                    v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i], 1)
+                    if v.shape[1] > kc:
+                        t = torch.topk(v, kc, dim=1, largest=False, sorted=False)
+                        v, i = t.values, torch.gather(i, 1, t.indices)
+                best_v, best_i = v, i
+        with _serial(B.device):
+            # Certificate (markdown above): with tau the bound on |approximate - exact| squared distance, only
+            # candidates with a_j <= a_(k) + 2 tau can be among (or tie with) the k nearest, and no non-candidate
+            # can when the largest candidate value exceeds a_(k) + 2 tau. So only those candidates are re-ranked
+            # exactly, and rows without the certificate are redone by brute force.
+            v64 = best_v.to(torch.float64)
+            tau = 2 * gamma * (qnorm2[qs:qs + r] + bmax)
+            kth = torch.kthvalue(v64, k, dim=1).values if kc > k else v64.amax(1)
+            lim = kth + 2 * tau
+            if kc < n:
+                bad = ~(v64.amax(1) > lim)  # (a masked self-match, +inf, can only be a candidate when kc = n)
+                todo = (v64 <= lim[:, None]) & ~bad[:, None]
+            else:  # every bank row is a candidate: exact for any row
+                bad = torch.zeros(r, dtype=torch.bool, device=B.device)
+                todo = torch.ones_like(v64, dtype=torch.bool)
+            dk, ik = _exact_rerank(Q, B, qrows, best_i, todo, k, self_idx, budget // 4)
+        if bool(bad.any()):  # rare (duplicates, ties, tiny banks) but possibly large: in parallel
+            rows = torch.nonzero(bad).squeeze(1)
+            dk[rows], ik[rows] = _brute_rows(Q, B, Baug, qrows[rows], lim[rows], k,
+                                             None if self_idx is None else self_idx[rows], budget, buffers)
         dist_out[qs:qs + r], idx_out[qs:qs + r] = dk, ik
     dist_out = dist_out.to(dtype)
     if both_numpy:

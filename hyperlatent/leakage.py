@@ -78,18 +78,9 @@ def _check_k(k, m: int) -> int:
     return int(k)
 
 # %% ../nbs/06_leakage.ipynb #b3748308
-_RERANK_BYTES = 384 * 2**20  # target size of the float64 (chunk, ~k+16, d) re-ranking buffers of `knn_search`
-
-
-def _default_chunk(m: int, d: int, k: int) -> int:
-    "Query rows per `knn_search` block: bounds its exact float64 re-ranking buffers (about 3 of (rows, k + 17, d))."
-    return int(max(16, min(m, _RERANK_BYTES // (3 * 8 * (k + 17) * d))))
-
-
 def _neighbours(Xf, k: int, chunk_size: int | None) -> np.ndarray:
     "(m, k) int64 indices of the k nearest other rows of `Xf`, ascending distance, ties by lower index."
-    m, d = Xf.shape
-    _, idx = knn_search(Xf, Xf, k, exclude_self=True, chunk_size=chunk_size or _default_chunk(m, d, k))
+    _, idx = knn_search(Xf, Xf, k, exclude_self=True, chunk_size=chunk_size)
     return idx.cpu().numpy() if isinstance(idx, Tensor) else np.asarray(idx)
 
 

@@ -414,3 +414,71 @@ def test_select_matches_topk():
     ref = torch.topk(a, 11, dim=1, largest=False).values
     torch.testing.assert_close(torch.sort(v, 1).values, ref)
     torch.testing.assert_close(torch.gather(a, 1, i), v)
+
+
+# ---------------------------------------------------------------- memory budget (every buffer, re-ranking included)
+@pytest.mark.parametrize('self_', [False, True])
+def test_large_d_tiny_budget_matches_brute(monkeypatch, self_):
+    "d >> block budget: every buffer (GEMM block, re-ranking, fallback pass) must split down and stay exact."
+    rng = np.random.default_rng(7)
+    X = rng.random((300, 3000)).astype(np.float32)  # uniform pixels in high d: many rows need the fallback pass
+    X[50] = X[10]  # an exact duplicate: a tie at distance 0 in both directions
+    Y = X if self_ else rng.random((40, 3000)).astype(np.float32)
+    monkeypatch.setattr(det, '_BLOCK_BYTES', 64 * 1024)  # 64 KiB: smaller than one float64 row pair block
+    d, i = knn_search(X, Y, 10, exclude_self=self_)
+    rd, ri = _brute(X, Y, 10, exclude_self=self_)
+    np.testing.assert_array_equal(i, ri)
+    np.testing.assert_allclose(d, rd, rtol=1e-6)
+
+
+def test_fallback_pass_with_all_rows_tied(monkeypatch):
+    "All bank rows equal: no row gets a certificate, the fallback pass must return indices 0..k-1 (lower index first)."
+    X = np.ones((700, 40), np.float32)
+    monkeypatch.setattr(det, '_BLOCK_BYTES', 32 * 1024)
+    d, i = knn_search(X, X[:5] + 1, 4)
+    np.testing.assert_array_equal(i, np.tile(np.arange(4), (5, 1)))
+    np.testing.assert_allclose(d, np.sqrt(40), rtol=1e-7)
+    d, i = knn_search(X, X, 3, exclude_self=True)
+    np.testing.assert_array_equal(i[:3], [[1, 2, 3], [0, 2, 3], [0, 1, 3]])
+
+
+_MEM_SCRIPT = r'''
+import json, sys
+import numpy as np
+import hyperlatent.detect as det
+def hwm():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM'):
+            return int(line.split()[1]) / 1024
+X = np.random.default_rng(0).random((3000, 2048), dtype=np.float32)  # 24 MiB of data
+det._BLOCK_BYTES = 16 * 2**20
+det.knn_search(X[:50], X[:50], 3, exclude_self=True)  # warm up torch's allocator and thread pool
+before = hwm()
+_, idx = det.knn_search(X, X, 10, exclude_self=True)
+print(json.dumps({'extra_mib': hwm() - before, 'idx': idx[:20].tolist()}))
+'''
+
+
+@pytest.mark.skipif(not Path('/proc/self/status').exists(), reason='peak memory is read from /proc (Linux)')
+def test_peak_memory_bounded_by_budget_for_large_d():
+    """Peak extra resident memory of a 3000 x 3000 x 2048 self-search with a 16 MiB block budget. Unbounded
+    float64 re-ranking buffers of (chunk, k + 8, d) would need ~1.5 GiB here; the budget allows a few blocks plus
+    the bank-sized augmented copy (24 MiB)."""
+    import json
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, '-c', _MEM_SCRIPT], capture_output=True, text=True, check=True, timeout=300)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res['extra_mib'] < 200, res['extra_mib']
+    X = np.random.default_rng(0).random((3000, 2048), dtype=np.float32)
+    np.testing.assert_array_equal(res['idx'], _brute(X, X[:20], 11)[1][:, 1:])  # X[i] is its own nearest (distance 0)
+
+
+def test_overflowing_float32_gram_stays_exact():
+    "|x| ~ 1e19 in float32: squared norms overflow (inf - inf = NaN in the GEMM); the float64 passes must still be exact."
+    rng = np.random.default_rng(8)
+    X, Y = (rng.normal(size=(200, 4)) * 1e19).astype(np.float32), (rng.normal(size=(10, 4)) * 1e19).astype(np.float32)
+    d, i = knn_search(X, Y, 3)
+    rd, ri = _brute(X, Y, 3)
+    np.testing.assert_array_equal(i, ri)
+    np.testing.assert_allclose(d, rd, rtol=1e-6)
