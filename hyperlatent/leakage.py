@@ -89,6 +89,15 @@ def _ell(idx: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
     return (codes[idx[:, :k]] != codes[:, None]).sum(1) / k
 
 
+def _per_sample(X, y, k: int, chunk_size: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Validate (X, y, k) once and return l_k(i) for every sample, the integer label codes and the classes."
+    Xf = _features(X, 'X')
+    m = Xf.shape[0]
+    codes, classes = _label_codes(y, m, 'y')
+    k = _check_k(k, m)
+    return _ell(_neighbours(Xf, k, chunk_size), codes, k), codes, classes
+
+
 def neighborhood_leakage(
     X,  # (m, ...) representation of the evaluation set (numpy or torch); trailing dims are flattened
     y,  # (m,) class labels (numpy, torch or list; any sortable values)
@@ -98,11 +107,7 @@ def neighborhood_leakage(
     chunk_size: int | None = None,  # query rows per search block (default: bounded memory, see above)
 ):  # L_k as a float, or (m,) float64 l_k(i) (torch on X's device if X is a tensor, else numpy)
     "Neighborhood class leakage: mean over samples of the fraction of the k nearest other samples with a different label."
-    Xf = _features(X, 'X')
-    m = Xf.shape[0]
-    codes, _ = _label_codes(y, m, 'y')
-    k = _check_k(k, m)
-    ell = _ell(_neighbours(Xf, k, chunk_size), codes, k)
+    ell, _, _ = _per_sample(X, y, k, chunk_size)
     if per_sample:
         return torch.from_numpy(ell).to(X.device) if isinstance(X, Tensor) else ell
     return float(ell.mean())
@@ -151,11 +156,8 @@ def class_leakage(
     chunk_size: int | None = None,  # query rows per search block
 ) -> ClassLeakage:
     "Per-class mean of l_k, the overall L_k, and the labels-carry-no-signal chance levels."
-    Xf = _features(X, 'X')
-    m = Xf.shape[0]
-    codes, classes = _label_codes(y, m, 'y')
-    k = _check_k(k, m)
-    ell = _ell(_neighbours(Xf, k, chunk_size), codes, k)
+    ell, codes, classes = _per_sample(X, y, k, chunk_size)
+    m = len(codes)
     counts = np.bincount(codes, minlength=len(classes))
     sums = np.bincount(codes, weights=ell, minlength=len(classes))
     pi = counts / m
