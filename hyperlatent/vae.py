@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import check_float, check_int
 from .coords import sphere_project, spherical_cosines, to_cartesian
 
 # %% auto #0
@@ -33,14 +34,6 @@ class VAEOutput(NamedTuple):
     z: Tensor
 
 
-def _check_int(value, name: str, lo: int | None = None, hi: int | None = None) -> int:
-    "Validate a plain int (bools rejected) in [lo, hi]."
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f'{name} must be an int, got {type(value).__name__} {value!r}')
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        rng = f'[{lo if lo is not None else "-inf"}, {hi if hi is not None else "inf"}]'
-        raise ValueError(f'{name} must be in {rng}, got {value}')
-    return value
 
 
 class VAE(nn.Module):
@@ -56,7 +49,7 @@ class VAE(nn.Module):
     ):
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
-        self.latent_dim = _check_int(latent_dim, 'latent_dim', lo=1)
+        self.latent_dim = check_int(latent_dim, 'latent_dim', lo=1)
         self.project = bool(project)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -116,7 +109,7 @@ def mlp_vae(
 ) -> VAE:
     "An MLP VAE: flattened input -> hidden layers -> (mu, logvar); decoder mirrors it and ends in a sigmoid."
     shape = _check_shape(input_shape)
-    _check_int(latent_dim, 'latent_dim', lo=1)
+    check_int(latent_dim, 'latent_dim', lo=1)
     hidden = tuple(hidden)
     if not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden):
         raise ValueError(f'hidden must be a sequence of positive ints, got {hidden!r}')
@@ -252,8 +245,8 @@ def _check_labels(labels, n: int, n_classes, stride, d: int, device) -> tuple[Te
     lo, hi = int(labels.min()), int(labels.max())
     if n_classes is None:
         n_classes = hi + 1
-    _check_int(n_classes, 'n_classes', lo=1)
-    stride = _check_int(stride, 'class_axis_stride', lo=0)
+    check_int(n_classes, 'n_classes', lo=1)
+    stride = check_int(stride, 'class_axis_stride', lo=0)
     if lo < 0 or hi >= n_classes:
         raise ValueError(f'labels must lie in [0, n_classes - 1] = [0, {n_classes - 1}], got values in [{lo}, {hi}]')
     if (n_classes - 1) * stride >= d:
@@ -301,8 +294,8 @@ def _angular_mu_setup(mu, *, variant, mode='full', end_compress=None, labels=Non
         return mu, dict(variant=variant, mode=mode)
     if mode != 'full':
         raise ValueError(f"variant='anomaly' sets its targets with end_compress, not mode; got mode={mode!r}")
-    end_compress = d - 2 if end_compress is None else _check_int(end_compress, 'end_compress', lo=0, hi=d - 2)
-    epoch = _check_int(epoch, 'epoch', lo=0)
+    end_compress = d - 2 if end_compress is None else check_int(end_compress, 'end_compress', lo=0, hi=d - 2)
+    epoch = check_int(epoch, 'epoch', lo=0)
     s = dict(variant=variant, end_compress=end_compress, epoch=epoch, late=bool(training) and epoch > LATE_EPOCH,
              labels=None, n_classes=1)
     if labels is None:
@@ -385,10 +378,7 @@ def angular_sigma_loss(
 
 
 def _check_scale(target_scale) -> float:
-    if isinstance(target_scale, bool) or not isinstance(target_scale, (int, float)) or not math.isfinite(target_scale) \
-            or target_scale < 0:
-        raise ValueError(f'target_scale must be a finite number >= 0, got {target_scale!r}')
-    return float(target_scale)
+    return check_float(target_scale, 'target_scale', lo=0)
 
 
 def _radial_sigma(sigma: Tensor, target_scale: float) -> Tensor:
@@ -491,7 +481,7 @@ class CompressionObjective:
         if mode not in ('half', 'full'):
             raise ValueError(f"mode must be 'half' or 'full', got {mode!r}")
         if end_compress is not None:
-            _check_int(end_compress, 'end_compress', lo=0)
+            check_int(end_compress, 'end_compress', lo=0)
         self.mode, self.end_compress, self.conditional = mode, end_compress, bool(conditional)
         self.n_classes, self.class_axis_stride = n_classes, class_axis_stride
         self.gains = _check_gains(gains)
@@ -590,9 +580,9 @@ class ResBlock(nn.Module):
 
 
 def _check_conv_args(image_size, channels, latent_dim, in_channels) -> tuple[int, ...]:
-    _check_int(image_size, 'image_size', lo=4)
-    _check_int(latent_dim, 'latent_dim', lo=1)
-    _check_int(in_channels, 'in_channels', lo=1)
+    check_int(image_size, 'image_size', lo=4)
+    check_int(latent_dim, 'latent_dim', lo=1)
+    check_int(in_channels, 'in_channels', lo=1)
     channels = tuple(channels)
     if not channels or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels):
         raise ValueError(f'channels must be a non-empty sequence of positive ints, got {channels!r}')
@@ -746,7 +736,7 @@ class IslandPrior:
     ) -> Tensor:  # (n, d) latents on the sphere of radius `radius`
         if not hasattr(self, 'cos_mean_'):
             raise ValueError('IslandPrior is not fitted: call .fit(mu) first')
-        _check_int(n, 'n', lo=0)
+        check_int(n, 'n', lo=0)
         dev, dt = self.cos_mean_.device, self.cos_mean_.dtype
         if labels is None:
             labels = torch.arange(n, device=dev) % self.n_classes_
@@ -798,7 +788,7 @@ class AggregatePrior:
     def sample(self, n: int, *, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
         if not hasattr(self, 'mean_'):
             raise ValueError('AggregatePrior is not fitted: call .fit(mu) first')
-        _check_int(n, 'n', lo=0)
+        check_int(n, 'n', lo=0)
         dev, dt = self.mean_.device, self.mean_.dtype
         labels = torch.arange(n, device=dev) % self.n_classes_ if labels is None else labels.to(dev, torch.long)
         e = torch.randn(n, self.d_, generator=generator, dtype=dt, device=generator.device if generator else dev).to(dev)
@@ -829,7 +819,7 @@ def sample_prior(
     decode: bool = True,  # return decoded images (True) or the latents z (False)
 ) -> Tensor:  # (n, ...) images in [0, 1], or (n, d) latents
     "Samples from the model's prior (Gaussian, projected if the model projects) or from an island prior."
-    _check_int(n, 'n', lo=1)
+    check_int(n, 'n', lo=1)
     p = _param(model)
     if prior is None:
         if labels is not None:
@@ -863,7 +853,7 @@ def image_grid(
         x = x.unsqueeze(1)
     if x.ndim != 4:
         raise ValueError(f'x must have shape (N, C, H, W) or (N, H, W), got {tuple(x.shape)}')
-    _check_int(nrow, 'nrow', lo=1); _check_int(padding, 'padding', lo=0)
+    check_int(nrow, 'nrow', lo=1); check_int(padding, 'padding', lo=0)
     n, c, h, w = x.shape
     cols, rows = min(nrow, max(n, 1)), max(math.ceil(n / nrow), 1)
     out = x.new_full((c, rows * (h + padding) + padding, cols * (w + padding) + padding), pad_value)
