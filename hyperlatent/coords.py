@@ -10,6 +10,8 @@ import math
 import torch
 from torch import Tensor
 
+from ._checks import check_float, check_int
+
 # %% auto #0
 __all__ = ['spherical_cosines', 'to_spherical', 'to_cartesian', 'log_abs_det_jacobian', 'sphere_project', 'sample_sphere']
 
@@ -25,9 +27,9 @@ def _check_points(x, name: str = 'x') -> None:
 
 
 def _scale(x: Tensor) -> Tensor:
-    "Per-vector max |x_j| (keepdim), 1 for all-zero vectors; detached (see the note on gradients above)."
-    s = x.detach().abs().amax(-1, keepdim=True)
-    return torch.where(s > 0, s, torch.ones_like(s))
+    "Per-vector max |x_j| (keepdim), 1 for all-zero vectors, NaN for vectors with a NaN or inf; detached (see above)."
+    s = x.detach().abs().amax(-1, keepdim=True)  # NaN if the row has a NaN, inf if it has an inf
+    return torch.where(torch.isfinite(s), torch.where(s > 0, s, torch.ones_like(s)), torch.full_like(s, math.nan))
 
 
 def _suffix_sum(a: Tensor) -> Tensor:
@@ -36,9 +38,9 @@ def _suffix_sum(a: Tensor) -> Tensor:
 
 
 def _safe_sqrt(s: Tensor) -> Tensor:
-    "sqrt with a zero (instead of infinite) gradient at s = 0."
-    pos = s > 0
-    return torch.where(pos, torch.sqrt(torch.where(pos, s, torch.ones_like(s))), torch.zeros_like(s))
+    "sqrt with a zero (instead of infinite) gradient at s = 0; NaN stays NaN."
+    zero = s == 0
+    return torch.where(zero, torch.zeros_like(s), torch.sqrt(torch.where(zero, torch.ones_like(s), s)))
 
 
 def _safe_atan2(y: Tensor, x: Tensor) -> Tensor:
@@ -47,9 +49,6 @@ def _safe_atan2(y: Tensor, x: Tensor) -> Tensor:
     both = m == 0
     m = torch.where(both, torch.ones_like(m), m)  # atan2(y/m, x/m) = atan2(y, x); the gradient stays exact
     return torch.atan2(torch.where(both, torch.zeros_like(y), y / m), torch.where(both, torch.ones_like(x), x / m))
-
-
-
 
 # %% ../nbs/00_coords.ipynb #3379be13
 class _RegularisedCosines(torch.autograd.Function):
@@ -79,8 +78,7 @@ def spherical_cosines(
 ) -> Tensor:  # (..., d-1) cos(phi_k) = x_k / sqrt(S_k + eps), same dtype and device as `x`
     "Cosines of the d-1 hyperspherical angles of each row of `x`, in O(d)."
     _check_points(x)
-    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f'eps must be a finite number >= 0, got {eps!r}')
+    eps = check_float(eps, 'eps', lo=0.0)
     if eps == 0 and x.dtype != torch.float64:  # exact cosines of tiny tails need float64 squares (see above)
         return spherical_cosines(x.to(torch.float64)).to(x.dtype)
     s = _scale(x)
@@ -93,8 +91,8 @@ def spherical_cosines(
         return _RegularisedCosines.apply(xs, e)
     S = _suffix_sum(xs * xs)[..., :-1]
     head = xs[..., :-1]
-    ok = S > 0  # all-zero suffix: phi_k = 0 by convention, so cos = 1
-    return torch.where(ok, head / torch.sqrt(torch.where(ok, S, torch.ones_like(S))), torch.ones_like(head))
+    zero = S == 0  # all-zero suffix: phi_k = 0 by convention, so cos = 1 (a NaN row stays NaN: NaN == 0 is False)
+    return torch.where(zero, torch.ones_like(head), head / torch.sqrt(torch.where(zero, torch.ones_like(S), S)))
 
 # %% ../nbs/00_coords.ipynb #d9f3c881
 def to_spherical(
@@ -169,15 +167,13 @@ def _check_radius(radius, d: int, ref: Tensor):
         if not radius.is_floating_point() or not bool(torch.isfinite(radius).all()) or not bool((radius > 0).all()):
             raise ValueError('radius must hold finite values > 0')
         return radius.to(ref.dtype)
-    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
-        raise ValueError(f'radius must be a finite number > 0 (default sqrt(d)), got {radius!r}')
-    return float(radius)
+    return check_float(radius, 'radius', lo=0.0, lo_open=True)
 
 
 def sphere_project(
     x: Tensor,  # (..., d) points
     radius=None,  # target radius: number or tensor broadcastable to (..., 1); default sqrt(d)
-) -> Tensor:  # (..., d) rows rescaled to norm `radius`; zero rows map to radius * e_1
+) -> Tensor:  # (..., d) rows rescaled to norm `radius`; zero rows map to radius * e_1, non-finite rows to NaN
     "Project each row of `x` radially onto the sphere of the given radius."
     _check_points(x)
     radius = _check_radius(radius, x.shape[-1], x)
@@ -199,10 +195,8 @@ def sample_sphere(
     device=None,  # default: the generator's device, else CPU
 ) -> Tensor:  # (n, d) uniform points on the sphere of the given radius
     "Uniform samples on the (d-1)-sphere of radius `radius` (normalised Gaussians)."
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f'n must be an int >= 0, got {n!r}')
-    if isinstance(d, bool) or not isinstance(d, int) or d < 2:
-        raise ValueError(f'd must be an int >= 2, got {d!r}')
+    n = check_int(n, 'n', lo=0)
+    d = check_int(d, 'd', lo=2)
     if device is None and generator is not None:
         device = generator.device
     g = torch.randn(n, d, generator=generator, dtype=dtype, device=device)

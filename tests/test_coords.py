@@ -246,3 +246,100 @@ def test_mixed_scale_float32_tail_angles_are_exact():
     # d phi_2 / d x_3 = x_2 / (x_2^2 + x_3^2) = 1 / (2 * 8.8e-15)
     assert torch.isfinite(x.grad).all()
     assert abs(x.grad[0, 2].item() * 2 * 8.8e-15 - 1) < 1e-5
+
+
+# --- non-finite input: NaN in -> NaN out, never a valid-looking value ---------------------------------------------
+# Before this rule a NaN row gave r = 0, cosines 1 and sphere_project -> radius * e_1 (inf rows likewise).
+
+_NAN, _INF = float('nan'), float('inf')
+
+
+def test_issue_nan_row_reproductions():
+    x = torch.tensor([[1., _NAN, 2.]])
+    r, phi = to_spherical(x)
+    assert r.isnan().all() and phi.isnan().all()  # was r = 0
+    assert spherical_cosines(x).isnan().all()  # was [1, 1]
+    assert spherical_cosines(x, eps=1e-3).isnan().all()
+    assert sphere_project(x).isnan().all()  # was sqrt(3) * e_1
+    assert sphere_project(x, radius=2.0).isnan().all()
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('bad', [[_INF, 0., 1.], [0., -_INF, 0.], [_INF, -_INF, 1.], [_NAN, _INF, 0.], [0., 0., _NAN]])
+def test_non_finite_rows_give_nan_everywhere_in_the_row(dtype, bad):
+    x = torch.tensor([bad], dtype=dtype)
+    r, phi = to_spherical(x)
+    outs = [r, phi, spherical_cosines(x), spherical_cosines(x, eps=1e-3), sphere_project(x), sphere_project(x, radius=3.0),
+            to_cartesian(r, phi)]
+    for out in outs:
+        assert out.isnan().all(), out
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_finite_rows_in_a_batch_with_non_finite_rows_are_exact(dtype):
+    g = torch.Generator().manual_seed(11)
+    good = torch.randn(3, 6, dtype=dtype, generator=g)
+    x = torch.cat([good[:1], torch.tensor([[1., _NAN, 2., 0., 0., 1.]], dtype=dtype), good[1:2],
+                   torch.tensor([[_INF, 0., 0., 0., 0., 0.]], dtype=dtype), good[2:]]).reshape(5, 6)
+    fin = [0, 2, 4]
+    r, phi = to_spherical(x)
+    r0, phi0 = to_spherical(good)
+    assert torch.equal(r[fin], r0) and torch.equal(phi[fin], phi0)  # bit-identical to the clean batch
+    for f in (spherical_cosines, lambda t: spherical_cosines(t, eps=1e-3), sphere_project):
+        out, ref = f(x), f(good)
+        assert torch.equal(out[fin], ref)
+        assert out[[1, 3]].isnan().all()
+    # independent oracle for the finite rows: closed forms in float64
+    g64 = good.double()
+    assert torch.allclose(r[fin].double(), g64.norm(dim=-1), rtol=1e-6)
+    p = sphere_project(x, radius=2.0)[fin].double()
+    assert torch.allclose(p, 2.0 * g64 / g64.norm(dim=-1, keepdim=True), rtol=1e-6, atol=1e-7)
+    # leading batch dims: the NaN stays in its own row
+    x3 = x.reshape(1, 5, 6)
+    assert torch.equal(spherical_cosines(x3)[0, fin], spherical_cosines(good))
+
+
+def test_nan_rows_do_not_leak_into_gradients_of_finite_rows():
+    g = torch.Generator().manual_seed(12)
+    good = torch.randn(2, 5, dtype=torch.float64, generator=g)
+    x = torch.cat([good[:1], torch.tensor([[_NAN, 1., 0., 0., 2.]], dtype=torch.float64), good[1:]]).requires_grad_()
+    xg = good.clone().requires_grad_()
+
+    def loss(t):
+        r, phi = to_spherical(t)
+        return (r + phi.sum(-1) + spherical_cosines(t).sum(-1) + spherical_cosines(t, eps=1e-3).sum(-1)
+                + sphere_project(t).sum(-1))
+
+    loss(x)[[0, 2]].sum().backward()
+    loss(xg).sum().backward()
+    assert torch.isfinite(x.grad[[0, 2]]).all()
+    assert torch.allclose(x.grad[[0, 2]], xg.grad, rtol=1e-12, atol=1e-14)
+
+
+def test_zero_rows_keep_their_convention_next_to_nan_rows():
+    x = torch.tensor([[0., 0., 0.], [_NAN, 0., 0.]])
+    r, phi = to_spherical(x)
+    assert r[0] == 0 and (phi[0] == 0).all()
+    assert (spherical_cosines(x)[0] == 1).all() and (spherical_cosines(x, eps=1e-3)[0] == 0).all()
+    assert torch.equal(sphere_project(x, radius=2.0)[0], torch.tensor([2., 0., 0.]))
+    assert r[1].isnan() and phi[1].isnan().all() and sphere_project(x)[1].isnan().all()
+
+
+@pytest.mark.parametrize('call, exc, arg', [
+    (lambda: sample_sphere(True, 3), TypeError, 'n'),
+    (lambda: sample_sphere(3, 2.0), TypeError, 'd'),
+    (lambda: sample_sphere(3, True), TypeError, 'd'),
+    (lambda: spherical_cosines(torch.ones(4), eps=True), TypeError, 'eps'),
+    (lambda: spherical_cosines(torch.ones(4), eps=float('inf')), ValueError, 'eps'),
+    (lambda: sphere_project(torch.ones(2, 3), radius=True), TypeError, 'radius'),
+    (lambda: sphere_project(torch.ones(2, 3), radius=float('inf')), ValueError, 'radius'),
+    (lambda: sphere_project(torch.ones(2, 3), radius='2'), TypeError, 'radius'),
+])
+def test_scalar_arguments_use_shared_checks(call, exc, arg):
+    with pytest.raises(exc, match=arg):
+        call()
+
+
+def test_numpy_scalars_accepted_by_shared_checks():
+    x = sample_sphere(np.int64(4), np.int64(3), radius=np.float64(2.0), generator=torch.Generator().manual_seed(0))
+    assert x.shape == (4, 3) and torch.allclose(x.norm(dim=-1), torch.full((4,), 2.0))
