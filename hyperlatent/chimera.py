@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import atomic_write
+from ._checks import check_int, select_device
+from .io import atomic_write
 from .rules import RuleDAG, apply_operator, compile_rules
 
 # %% auto #0
@@ -31,9 +32,9 @@ __all__ = ['MODES', 'GATE_ARCH', 'AGGREGATES', 'TOY_CONCEPTS', 'TOY_RULES', 'TOY
            'make_digit_pairs', 'tiny_cnn', 'digit_pair_extractor', 'load_concept_data']
 
 # %% ../nbs/08_chimera.ipynb #63f55851
-def default_device() -> torch.device:
-    "CUDA when available, else CPU."
-    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+def default_device(device=None) -> torch.device:
+    "`device` validated, or the best available (CUDA > MPS > CPU): `hyperlatent._checks.select_device` under its chimera name."
+    return select_device(device)
 
 
 def _as_float_tensor(x, name: str) -> Tensor:
@@ -133,7 +134,7 @@ def fit_leaf_bank(
     npos = t.sum(0).double()
     bad = [k for k in range(t.shape[1]) if npos[k] == 0 or npos[k] == t.shape[0]]
     if bad: raise ValueError(f'truth: concepts {bad} are constant in the training data; their heads cannot be trained')
-    dev = torch.device(device) if device is not None else default_device()
+    dev = default_device(device)
     bank.to(dev).train()
     pos_weight = ((t.shape[0] - npos) / npos).float().to(dev)
     opt = torch.optim.Adam(bank.parameters(), lr=lr, weight_decay=weight_decay)
@@ -393,7 +394,7 @@ def train_evaluator(
     if z.ndim != 2 or z.shape[1] != evaluator.feature_dim:
         raise ValueError(f'z must have shape (N, {evaluator.feature_dim}), got {tuple(z.shape)}')
     t = _as_bool_matrix(truth, 'truth', z.shape[0], dag.num_concepts)
-    dev = torch.device(device) if device is not None else default_device()
+    dev = default_device(device)
     evaluator.to(dev).train()
     T = dag.evaluate(t.cpu()).to(dev)  # (N, num_nodes) exact node truths
     normal = T[:, dag.roots].all(1)
@@ -607,7 +608,7 @@ def train_monolithic(
     dag = model.dag
     z = _as_float_tensor(z, 'z')
     t = _as_bool_matrix(truth, 'truth', z.shape[0], dag.num_concepts)
-    dev = torch.device(device) if device is not None else default_device()
+    dev = default_device(device)
     model.to(dev).train()
     z, g = z.to(dev), torch.Generator().manual_seed(seed)
     R = dag.root_truth(t.cpu())
@@ -900,37 +901,60 @@ def load_concept_data(
 ) -> ConceptData:
     "Read per-sample concept labels, inputs and rules from a folder (see above)."
     path = Path(path)
+    image_size = check_int(image_size, 'image_size', lo=1)
     csv_path = path / 'concepts.csv'
     if not csv_path.exists(): raise ValueError(f'path must contain concepts.csv, got {path}')
     with open(csv_path, newline='') as fh:
-        reader = csv.DictReader(fh)
-        rows = list(reader)
-        cols = [c for c in (reader.fieldnames or []) if c not in ('id', 'split')]
+        reader = csv.reader(fh)
+        header = next(reader, None) or []
+        body = [r for r in reader if any(v.strip() for v in r)]
+    header = [h.strip() for h in header]
+    if (dup := next((h for i, h in enumerate(header) if h in header[:i]), None)) is not None:
+        raise ValueError(f'{csv_path}: column {dup!r} appears twice in the header')
+    bad_len = next((i for i, r in enumerate(body) if len(r) != len(header)), None)
+    if bad_len is not None:
+        raise ValueError(f'{csv_path}: data row {bad_len + 1} has {len(body[bad_len])} fields, the header {len(header)}')
+    rows = [dict(zip(header, r)) for r in body]
+    cols = [c for c in header if c not in ('id', 'split')]
     if not rows or not cols: raise ValueError(f'{csv_path} must have rows and at least one concept column')
     if rules is None:
         rp = path / 'rules.txt'
         if not rp.exists(): raise ValueError(f'no rules given and {rp} does not exist')
         rules = {}
-        for ln in rp.read_text().splitlines():
+        for i, ln in enumerate(rp.read_text().splitlines(), 1):
             ln = ln.strip()
             if not ln or ln.startswith('#'): continue
             name, sep, text = ln.partition(':')
             if not sep: raise ValueError(f"rules.txt lines must read 'name: rule', got {ln!r}")
-            rules[name.strip()] = text.strip()
+            name = name.strip()
+            if name in rules: raise ValueError(f'{rp} line {i}: rule name {name!r} is defined twice')
+            rules[name] = text.strip()
     dag = compile_rules(rules, concepts=cols)
-    c = torch.tensor([[int(float(r[k])) for k in cols] for r in rows]).bool()
-    split = np.array([r.get('split', 'train') for r in rows])
+    truth = {'0': False, '1': True, 'false': False, 'true': True}
+
+    def label(r, i, k):
+        v = r[k].strip().lower()
+        if v not in truth:
+            raise ValueError(f'{csv_path}: column {k!r}, data row {i + 1}: concept labels must be 0, 1, true or false, '
+                             f'got {r[k]!r}')
+        return truth[v]
+
+    c = torch.tensor([[label(r, i, k) for k in cols] for i, r in enumerate(rows)], dtype=torch.bool)
+    split = np.array([r.get('split', 'train').strip().lower() for r in rows])
+    if (bad := next((i for i, v in enumerate(split) if v not in ('train', 'test')), None)) is not None:
+        raise ValueError(f"{csv_path}: column 'split', data row {bad + 1}: split must be 'train' or 'test' "
+                         f"(any case), got {rows[bad]['split']!r}")
     if (path / 'features.npy').exists():
         x = torch.from_numpy(np.load(path / 'features.npy')).float()
         if x.shape[0] != len(rows): raise ValueError(f'features.npy has {x.shape[0]} rows, concepts.csv {len(rows)}')
     elif (path / 'images').is_dir():
-        from PIL import Image
+        from hyperlatent.data import IMAGE_EXTENSIONS, _decode
         imgs = []
         for r in rows:
-            f = next((p for p in (path / 'images').glob(f"{r['id']}.*")), None)
+            f = next((p for p in sorted((path / 'images').glob(f"{r['id']}.*"))
+                      if p.suffix.lower() in IMAGE_EXTENSIONS), None)
             if f is None: raise ValueError(f"no image for id {r['id']!r} in {path / 'images'}")
-            im = Image.open(f).convert('RGB').resize((image_size, image_size))
-            imgs.append(torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1))
+            imgs.append(torch.from_numpy(np.array(_decode(f, 'RGB', image_size))).float() / 255)
         x = torch.stack(imgs)
     else:
         raise ValueError(f'{path} must contain features.npy or an images/ folder')

@@ -26,13 +26,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from ._checks import check_int
+
 # %% auto #0
 __all__ = ['DIGITS_TEST_FRACTION', 'DIGITS_SPLIT_SEED', 'MNIST_CLASSES', 'FASHION_MNIST_CLASSES', 'IMAGE_EXTENSIONS',
            'IMAGENETTE_WNIDS', 'DATASETS', 'MissingDatasetError', 'CorruptDatasetError', 'LabeledDataset', 'flatten',
-           'concat', 'digits_split_indices', 'atomic_write', 'read_idx', 'write_idx', 'load_idx_pair',
-           'read_pickle_batch', 'load_cifar_folder', 'load_image_folder', 'download_file', 'load_dataset',
-           'select_classes', 'class_split', 'leave_one_class_out', 'heldout_mask', 'stratified_subsample',
-           'ClassBalancedBatchSampler']
+           'concat', 'digits_split_indices', 'read_idx', 'write_idx', 'load_idx_pair', 'read_pickle_batch',
+           'load_cifar_folder', 'load_image_folder', 'download_file', 'load_dataset', 'select_classes', 'class_split',
+           'leave_one_class_out', 'heldout_mask', 'stratified_subsample', 'ClassBalancedBatchSampler', 'atomic_write']
 
 # %% ../nbs/01_data.ipynb #b2cf6b74
 class MissingDatasetError(FileNotFoundError):
@@ -41,6 +42,16 @@ class MissingDatasetError(FileNotFoundError):
 
 class CorruptDatasetError(ValueError):
     "A dataset file exists but is truncated or malformed; the message names the file and the problem."
+
+
+def _first_duplicate(items):
+    "The first item that occurs twice in `items` (None if all are distinct)."
+    seen = set()
+    for v in items:
+        if v in seen:
+            return v
+        seen.add(v)
+    return None
 
 
 class LabeledDataset(Dataset):
@@ -68,6 +79,8 @@ class LabeledDataset(Dataset):
         classes = [str(c) for c in classes]
         if len(classes) == 0:
             raise ValueError('classes must name at least one class, got []')
+        if (dup := _first_duplicate(classes)) is not None:
+            raise ValueError(f'classes must be distinct (label k is classes[k]), got {dup!r} twice in {classes}')
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
             raise ValueError(f'y must lie in [0, {len(classes)}) (one label per class), '
                              f'got values in [{int(y.min())}, {int(y.max())}]')
@@ -201,27 +214,9 @@ def _load_digits(split: str) -> LabeledDataset:
                                               f'np.random.RandomState({DIGITS_SPLIT_SEED}).permutation per class'})
 
 # %% ../nbs/01_data.ipynb #ce8ae499
-def atomic_write(
-    path: str | os.PathLike,  # destination file
-    write: Callable[[BinaryIO], object],  # called with an open binary file object to fill
-) -> Path:  # the destination path
-    "Write a file atomically: `write` fills a temp file in the same folder, which then replaces `path`."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+from .io import atomic_write
+
+_all_ = ['atomic_write']  # re-exported in hyperlatent.data.__all__
 
 # %% ../nbs/01_data.ipynb #4757cc7f
 _IDX_TYPES = {0x08: '>u1', 0x09: '>i1', 0x0B: '>i2', 0x0C: '>i4', 0x0D: '>f4', 0x0E: '>f8'}
@@ -274,8 +269,6 @@ def write_idx(
     path = Path(path)
     payload = gzip.compress(payload) if path.name.endswith('.gz') else payload
     atomic_write(path, lambda f: f.write(payload))
-
-
 
 # %% ../nbs/01_data.ipynb #c58c0456
 MNIST_CLASSES = [str(c) for c in range(10)]
@@ -351,7 +344,10 @@ def _names(d: dict, key: str, path: Path) -> list[str]:
     v = d.get(key)
     if not isinstance(v, (list, tuple)) or not all(isinstance(s, (bytes, str)) for s in v):
         raise CorruptDatasetError(f'{path}: expected a list of class names under {key!r}')
-    return [s.decode('utf-8') if isinstance(s, bytes) else s for s in v]
+    names = [s.decode('utf-8') if isinstance(s, bytes) else s for s in v]
+    if (dup := _first_duplicate(names)) is not None:
+        raise CorruptDatasetError(f'{path}: the class names under {key!r} must be distinct, got {dup!r} twice')
+    return names
 
 
 def _labels(d: dict, key: str, n: int, n_classes: int, path: Path) -> np.ndarray:
@@ -465,13 +461,15 @@ def load_image_folder(
 ) -> LabeledDataset:
     "Decode an image-folder dataset into a `LabeledDataset` (N, C, S, S) in [0, 1]."
     path = Path(path)
-    if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1):
-        raise ValueError(f'image_size must be a positive int or None, got {image_size!r}')
+    if image_size is not None:
+        image_size = check_int(image_size, 'image_size', lo=1)
     if mode not in ('RGB', 'L'):
         raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
     if not path.is_dir():
         raise MissingDatasetError(f'image folder {path} does not exist; expected {path}/<class name>/<image files>')
     classes = list(classes) if classes is not None else _class_dirs(path)
+    if (dup := _first_duplicate(classes)) is not None:
+        raise ValueError(f'classes must name each class folder once, got {dup!r} twice in {classes}')
     if not classes:
         raise MissingDatasetError(f'{path} has no class sub-folders; expected {path}/<class name>/<image files>')
     files = [(p, k) for k, c in enumerate(classes) for p in _image_files(path / c)]
@@ -522,21 +520,18 @@ def download_file(
 ) -> Path:
     "Fetch `url` to `dest` atomically, verifying the checksum(s); network errors propagate, a mismatch raises CorruptDatasetError."
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f'.{dest.name}.', suffix='.part')
     h_md5, h_sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
-    try:
-        with os.fdopen(fd, 'wb') as f, urllib.request.urlopen(url, timeout=timeout) as r:
+
+    def fill(f):  # stream into the temp file; a mismatch raises, so atomic_write discards the temp file
+        with urllib.request.urlopen(url, timeout=timeout) as r:
             while chunk := r.read(1 << 20):
                 f.write(chunk); h_md5.update(chunk); h_sha.update(chunk)
         for algo, want, got in (('md5', md5, h_md5.hexdigest()), ('sha256', sha256, h_sha.hexdigest())):
             if want is not None and want.lower() != got:
                 raise CorruptDatasetError(f'{url}: {algo} checksum mismatch (expected {want}, got {got}); '
                                           f'the download was discarded')
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return dest
+
+    return atomic_write(dest, fill)
 
 
 def _md5_file(path: Path) -> str:
@@ -687,8 +682,8 @@ def load_dataset(
         raise ValueError(f'split must be one of {_SPLITS}, got {split!r}')
     if not isinstance(download, bool):
         raise TypeError(f'download must be a bool, got {download!r}')
-    if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1):
-        raise ValueError(f'image_size must be a positive int or None, got {image_size!r}')
+    if image_size is not None:
+        image_size = check_int(image_size, 'image_size', lo=1)
     root = Path(root)
     key = str(name).lower().replace('-', '_')
     key = _ALIASES.get(key, key)
@@ -730,12 +725,14 @@ def _class_ids(ds: LabeledDataset, classes, arg: str) -> list[int]:
             if c not in ds.classes:
                 raise ValueError(f'{arg}: unknown class name {c!r}; classes are {ds.classes}')
             out.append(ds.classes.index(c))
-        elif isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= int(c) < ds.n_classes:
-            out.append(int(c))
         else:
-            raise ValueError(f'{arg}: classes must be names or indices in [0, {ds.n_classes}), got {c!r}')
-    if len(set(out)) != len(out):
-        raise ValueError(f'{arg}: duplicate classes in {list(classes)}')
+            try:
+                out.append(check_int(c, arg, 0, ds.n_classes - 1))
+            except (TypeError, ValueError):
+                raise ValueError(f'{arg}: classes must be names or indices in [0, {ds.n_classes}), got {c!r}') from None
+    if (dup := _first_duplicate(out)) is not None:
+        raise ValueError(f'{arg}: duplicate class {ds.classes[dup]!r} (index {dup}) in {list(classes)}; '
+                         f'each class may be named once')
     return out
 
 
@@ -809,8 +806,7 @@ def stratified_subsample(
     generator: torch.Generator | None = None,  # randomness of the choice
 ) -> LabeledDataset:
     "A class-stratified random subset (kept in the original order), for quick runs."
-    if not isinstance(n_per_class, int) or isinstance(n_per_class, bool) or n_per_class < 1:
-        raise ValueError(f'n_per_class must be a positive int, got {n_per_class!r}')
+    n_per_class = check_int(n_per_class, 'n_per_class', lo=1)
     y = ds.y.cpu()
     keep = [idx[torch.randperm(len(idx), generator=generator)[:n_per_class]]
             for c in range(ds.n_classes) if len(idx := (y == c).nonzero().flatten())]
@@ -834,11 +830,12 @@ class ClassBalancedBatchSampler(Sampler):
             raise ValueError(f'labels must be a non-empty 1-D integer sequence, got {y.dtype} of shape {tuple(y.shape)}')
         self.classes = torch.unique(y)  # sorted distinct labels
         K = len(self.classes)
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < K:
+        batch_size = check_int(batch_size, 'batch_size')
+        if batch_size < K:
             raise ValueError(f'batch_size must be an int >= the number of classes ({K}) so that every class '
                              f'appears in every batch, got {batch_size!r}')
-        if n_batches is not None and (not isinstance(n_batches, int) or isinstance(n_batches, bool) or n_batches < 0):
-            raise ValueError(f'n_batches must be a non-negative int or None, got {n_batches!r}')
+        if n_batches is not None:
+            n_batches = check_int(n_batches, 'n_batches', lo=0)
         self.batch_size, self.generator, self.drop_last = batch_size, generator, drop_last
         self.members = [(y == c).nonzero().flatten() for c in self.classes]
         n = y.numel()

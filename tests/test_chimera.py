@@ -314,3 +314,75 @@ def test_gate_cache_keys_and_frozen_nodes(tmp_path):
     train_evaluator(ev2, z, c, mode='chimera', epochs_per_level=1, device='cpu', progress=False, frozen_nodes=lvl1)
     assert all(_hash(ev2.gate(i)) == before[i] for i in lvl1)
     assert all(_hash(ev2.gate(i)) != before[i] for i in dag.levels[2])
+
+
+# ----------------------------------------------------------------------------------------------- load_concept_data
+def _concept_folder(d, csv_text, rules='r1: a -> b\n', n=None):
+    import numpy as np
+    d.mkdir(parents=True, exist_ok=True)
+    (d / 'concepts.csv').write_text(csv_text)
+    rows = csv_text.strip().count('\n')
+    np.save(d / 'features.npy', np.arange(2 * rows, dtype=np.float32).reshape(rows, 2))
+    if rules is not None:
+        (d / 'rules.txt').write_text(rules)
+    return d
+
+
+def test_load_concept_data_rejects_non_boolean_labels(tmp_path):
+    from hyperlatent.chimera import load_concept_data
+    ok = _concept_folder(tmp_path / 'ok', 'id,split,a,b\n0,train,1,1\n1,test,True,false\n2,test,0,FALSE\n')
+    cd = load_concept_data(ok)
+    assert cd.c_test.tolist() == [[True, False], [False, False]]
+    for bad in ('0.6', '2', '-1', '', 'yes'):
+        d = _concept_folder(tmp_path / f'bad{bad}', f'id,split,a,b\n0,train,1,1\n1,test,{bad},0\n')
+        with pytest.raises(ValueError, match=r"concepts\.csv.*'a'"):
+            load_concept_data(d)
+
+
+def test_load_concept_data_split_names(tmp_path):
+    from hyperlatent.chimera import load_concept_data
+    d = _concept_folder(tmp_path / 'cap', 'id,split,a,b\n0,Train,1,1\n1,TRAIN,1,1\n2,test,1,0\n3, Test ,0,0\n')
+    cd = load_concept_data(d)
+    assert len(cd.x_train) == 2 and len(cd.x_test) == 2  # 'Train' is train, not test
+    assert cd.x_train[:, 0].tolist() == [0.0, 2.0] and cd.x_test[:, 0].tolist() == [4.0, 6.0]
+    for bad in ('val', 'training', ''):
+        d = _concept_folder(tmp_path / f's{bad}', f'id,split,a,b\n0,train,1,1\n1,{bad},1,0\n')
+        with pytest.raises(ValueError, match='split'):
+            load_concept_data(d)
+
+
+def test_load_concept_data_duplicate_rule_name(tmp_path):
+    from hyperlatent.chimera import load_concept_data
+    d = _concept_folder(tmp_path / 'dup', 'id,split,a,b\n0,train,1,1\n1,test,1,0\n', rules='r1: a -> b\nr1: b -> a\n')
+    with pytest.raises(ValueError, match=r"rules\.txt.*'r1'"):
+        load_concept_data(d)
+
+
+def test_load_concept_data_images_use_data_decoder(tmp_path):
+    from PIL import Image
+    from hyperlatent.chimera import load_concept_data
+    from hyperlatent.data import CorruptDatasetError, _decode
+    d = tmp_path / 'img'
+    (d / 'images').mkdir(parents=True)
+    (d / 'concepts.csv').write_text('id,split,a,b\n0,train,1,1\n1,test,1,0\n')
+    (d / 'rules.txt').write_text('r1: a -> b\n')
+    wide = np.zeros((4, 12, 3), np.uint8)
+    wide[:, 4:8] = (0, 255, 0)
+    Image.fromarray(wide).save(d / 'images' / '0.png')
+    Image.fromarray(np.full((6, 6, 3), 30, np.uint8)).save(d / 'images' / '1.png')
+    cd = load_concept_data(d, image_size=4)
+    assert cd.x_train.shape == (1, 3, 4, 4)
+    assert torch.allclose(cd.x_train[0], torch.tensor([0., 1., 0.]).view(3, 1, 1).expand(3, 4, 4), atol=1 / 255)  # centre crop
+    assert torch.equal(cd.x_test[0], torch.from_numpy(np.array(_decode(d / 'images' / '1.png', 'RGB', 4))).float() / 255)
+    (d / 'images' / '1.png').write_bytes(b'not a png')
+    with pytest.raises(CorruptDatasetError, match='1.png'):
+        load_concept_data(d, image_size=4)
+
+
+def test_default_device_delegates_to_select_device():
+    from hyperlatent._checks import select_device
+    from hyperlatent.chimera import default_device
+    assert default_device() == select_device()
+    assert default_device('cpu') == torch.device('cpu')
+    with pytest.raises(ValueError, match='device'):
+        default_device('no-such-device')

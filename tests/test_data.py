@@ -598,3 +598,80 @@ def test_existing_archive_with_wrong_checksum_is_not_extracted(tmp_path, monkeyp
     with pytest.raises(CorruptDatasetError, match='md5 differs'):
         load_dataset('cifar10', root=root, download=True)
     assert not (root / 'cifar-10-batches-py').exists()
+
+
+# ----------------------------------------------------------------------------------------------- shared io, duplicates
+def test_atomic_write_is_io_and_honours_umask(tmp_path):
+    import hyperlatent.io as HIO
+    assert D.atomic_write is HIO.atomic_write  # one implementation, re-exported
+    old = os.umask(0o022)
+    try:
+        with open(tmp_path / 'plain.bin', 'wb') as f:
+            f.write(b'x')
+        D.atomic_write(tmp_path / 'a.bin', lambda f: f.write(b'x'))
+        write_idx(tmp_path / 'i.idx', np.zeros((2, 3), np.uint8))
+        src = tmp_path / 'src.bin'
+        src.write_bytes(b'payload')
+        D.download_file(src.as_uri(), tmp_path / 'dl' / 'd.bin', md5=hashlib.md5(b'payload').hexdigest())
+    finally:
+        os.umask(old)
+    want = (tmp_path / 'plain.bin').stat().st_mode & 0o777
+    assert want == 0o644
+    for p in ('a.bin', 'i.idx', 'dl/d.bin'):
+        assert (tmp_path / p).stat().st_mode & 0o777 == want, p
+    assert (tmp_path / 'dl' / 'd.bin').read_bytes() == b'payload'
+
+
+def test_download_mismatch_leaves_nothing(tmp_path):
+    src = tmp_path / 'src.bin'
+    src.write_bytes(b'payload')
+    (tmp_path / 'dl').mkdir()
+    with pytest.raises(CorruptDatasetError, match='md5'):
+        D.download_file(src.as_uri(), tmp_path / 'dl' / 'd.bin', md5='0' * 32)
+    assert os.listdir(tmp_path / 'dl') == []
+
+
+def _two_class_folder(root):
+    for c, v in (('cat', 10), ('dog', 200)):
+        for i in range(2):
+            save_png(root / c / f'{i}.png', np.full((4, 4, 3), v, np.uint8))
+    return root
+
+
+def test_duplicate_class_names_rejected(tmp_path):
+    root = _two_class_folder(tmp_path / 'f')
+    assert len(load_image_folder(root, classes=['cat', 'dog'])) == 4
+    with pytest.raises(ValueError, match=r"classes.*'cat'"):
+        load_image_folder(root, classes=['cat', 'cat'])
+    with pytest.raises(ValueError, match=r"classes.*'cat'"):
+        LabeledDataset(torch.zeros(2, 1, 2, 2), torch.tensor([0, 1]), ['cat', 'cat'], 'n', 's', 'src')
+    ds = load_image_folder(root)
+    with pytest.raises(ValueError, match=r"classes.*'cat'"):
+        select_classes(ds, ['cat', 'cat'])
+    with pytest.raises(ValueError, match=r"classes.*'cat'"):
+        select_classes(ds, ['cat', 0])  # the same class by name and by index
+    # display names that collide are just as ambiguous
+    with pytest.raises(ValueError, match=r"classes.*'pet'"):
+        load_image_folder(root, class_names={'cat': 'pet', 'dog': 'pet'})
+
+
+def test_cifar_meta_with_duplicate_names_rejected(tmp_path):
+    rng = np.random.default_rng(0)
+    folder, names, _ = make_cifar10(tmp_path, rng)
+    dump(folder / 'batches.meta', {b'label_names': [b'cat'] * 10})
+    with pytest.raises(ValueError, match=r"'cat'"):
+        load_cifar_folder(folder)
+
+
+def test_int_arguments_use_shared_checks(tmp_path):
+    root = _two_class_folder(tmp_path / 'f')
+    for bad in (True, 2.0, '4'):
+        with pytest.raises(TypeError, match='image_size'):
+            load_image_folder(root, image_size=bad)
+        with pytest.raises(TypeError, match='n_per_class'):
+            stratified_subsample(load_image_folder(root), bad)
+    with pytest.raises(TypeError, match='batch_size'):
+        ClassBalancedBatchSampler([0, 1], True)
+    with pytest.raises(TypeError, match='n_batches'):
+        ClassBalancedBatchSampler([0, 1], 2, n_batches=1.0)
+    assert len(load_image_folder(root, image_size=np.int64(2)).x) == 4  # numpy ints are ints
