@@ -5,6 +5,7 @@
 # %% ../nbs/03_train.ipynb #fe3bc8fe
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import math
@@ -20,11 +21,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, BatchSampler
 from tqdm import tqdm
 
-from .data import atomic_write
+from ._checks import check_float, check_int, select_device
+from .io import atomic_write, atomic_write_json
 from .vae import BetaObjective, reconstruction_loss
 
 # %% auto #0
-__all__ = ['ANNEALING_SCHEDULES', 'annealing_factor', 'select_device', 'hflip', 'NonFiniteLossError', 'FitResult', 'fit',
+__all__ = ['ANNEALING_SCHEDULES', 'select_device', 'annealing_factor', 'hflip', 'NonFiniteLossError', 'FitResult', 'fit',
            'load_checkpoint', 'encode_dataset']
 
 # %% ../nbs/03_train.ipynb #a5de686b
@@ -49,8 +51,7 @@ def annealing_factor(
     schedule: str | Callable[[int], float] | None = 'intended',  # a name in `ANNEALING_SCHEDULES`, a callable, or None (= 'none')
 ) -> float:  # the factor a(epoch) > 0 multiplying beta * KL
     "Annealing factor of the KL-like term at `epoch`."
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise ValueError(f'epoch must be an int >= 0, got {epoch!r}')
+    epoch = check_int(epoch, 'epoch', lo=0)
     fn = _schedule_fn(schedule)
     a = float(fn(epoch))
     if not math.isfinite(a) or a <= 0:
@@ -68,33 +69,18 @@ def _schedule_fn(schedule) -> Callable[[int], float]:
     raise ValueError(f'anneal must be one of {sorted(ANNEALING_SCHEDULES)}, a callable or None, got {schedule!r}')
 
 # %% ../nbs/03_train.ipynb #7d273e0e
-def select_device(
-    device: str | torch.device | None = None,  # None: the best available; else e.g. 'cpu', 'cuda:1', 'mps'
-) -> torch.device:
-    "The training device: `device` if given, else CUDA > MPS > CPU."
-    if device is not None:
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError) as e:
-            raise ValueError(f"device must be a torch.device or a string such as 'cpu' or 'cuda', got {device!r}") from e
-        if dev.type == 'cuda' and not torch.cuda.is_available():
-            raise ValueError(f'device {device!r} requested but CUDA is not available')
-        if dev.type == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()):
-            raise ValueError(f'device {device!r} requested but MPS is not available')
-        return dev
-    if torch.cuda.is_available():
-        return torch.device('cuda')
-    if hasattr(torch.backends, 'mps') and torch.backends.mps.is_available():
-        return torch.device('mps')
-    return torch.device('cpu')
+# `select_device` lives in `hyperlatent._checks` (one device rule for the whole library); it is
+# imported above and stays importable as `hyperlatent.train.select_device`.
+select_device = select_device
 
 # %% ../nbs/03_train.ipynb #dfb26399
 class _Batches:
     "Uniform view of the accepted data types: per-epoch batch iterators of (x, y or None)."
 
     def __init__(self, data, batch_size: int, *, drop_last: bool, need_labels: bool, device: torch.device,
-                 name: str = 'data'):
+                 name: str = 'data', dtype: torch.dtype | None = None, eval_batches: bool = False):
         self.loader = None
+        self.name, self.dtype, self.eval_batches = name, dtype, eval_batches
         self.x = self.y = None
         if isinstance(data, DataLoader):
             self.loader = data
@@ -112,6 +98,7 @@ class _Batches:
         if self.x is not None:
             if not self.x.is_floating_point():
                 raise ValueError(f'{name}: x must have a floating dtype, got {self.x.dtype}')
+            self._check_dtype(self.x)
             if self.y is not None and (self.y.ndim != 1 or len(self.y) != len(self.x)):
                 raise ValueError(f'{name}: labels must have shape ({len(self.x)},), got {tuple(self.y.shape)}')
             self.x = self.x.to(device)
@@ -120,18 +107,52 @@ class _Batches:
         if need_labels and self.loader is None and self.x is not None and self.y is None:
             raise ValueError(f'{name} has no labels, but the objective is conditional (it needs labels)')
         self.n = len(self.x) if self.x is not None else (len(self.dataset) if self.loader is None else None)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
-            raise ValueError(f'batch_size must be an int >= 2 (the objectives use batch variances), got {batch_size!r}')
+        batch_size = check_int(batch_size, 'batch_size', lo=2)  # >= 2: the objectives use batch variances
         if self.n is not None and drop_last and self.n < batch_size:
             raise ValueError(f'{name} has {self.n} samples, fewer than batch_size={batch_size} with drop_last=True')
+        if eval_batches and self.n is not None and self.n < 2:
+            raise ValueError(f'{name} has {self.n} samples; validation needs >= 2 (the objectives use batch variances)')
         self.batch_size, self.drop_last, self.need_labels, self.device = batch_size, drop_last, need_labels, device
 
+    def _check_dtype(self, x: Tensor) -> None:
+        if self.dtype is not None and x.is_floating_point() and x.dtype != self.dtype:
+            raise TypeError(f'{self.name}: x has dtype {x.dtype} but the model expects {self.dtype}; convert it '
+                            f'explicitly (e.g. x.to({self.dtype})) or convert the model')
+
+    def _labels(self) -> Tensor:
+        if self.y is None:  # a generic Dataset: read its labels once
+            self.y = torch.as_tensor([int(self.dataset[i][1]) for i in range(self.n)])
+        return self.y
+
+    def _eval_index_batches(self) -> Iterator[Tensor]:
+        "Every sample exactly once, in fixed batches of >= batch_size (a short last batch is merged into the previous one)."
+        nb = max(1, self.n // self.batch_size)
+        if not self.need_labels:
+            edges = [k * self.batch_size for k in range(nb)] + [self.n]
+            for a, b in zip(edges[:-1], edges[1:]):
+                yield torch.arange(a, b)
+            return
+        # stratified: each class's members (shuffled by a fixed generator) spread evenly over the batches, so every
+        # batch holds every class whatever the order of the data; at most min(class count) batches
+        y = self._labels().cpu()
+        classes, counts = torch.unique(y, return_counts=True)
+        nb = max(1, min(nb, int(counts.min())))
+        g = torch.Generator().manual_seed(0)
+        owner = torch.empty(self.n, dtype=torch.int64)
+        for c, n_c in zip(classes.tolist(), counts.tolist()):
+            members = (y == c).nonzero().flatten()
+            members = members[torch.randperm(n_c, generator=g)]
+            owner[members] = torch.arange(n_c) * nb // n_c
+        for k in range(nb):
+            yield (owner == k).nonzero().flatten()
+
     def _index_batches(self, shuffle: bool, generator) -> Iterator[Tensor]:
+        if not shuffle and self.eval_batches:
+            yield from self._eval_index_batches()
+            return
         if shuffle and self.need_labels:
             from hyperlatent.data import ClassBalancedBatchSampler
-            if self.y is None:  # a generic Dataset: read its labels once
-                self.y = torch.as_tensor([int(self.dataset[i][1]) for i in range(self.n)])
-            labels = self.y
+            labels = self._labels()
             for idx in ClassBalancedBatchSampler(labels.cpu(), self.batch_size, generator=generator, drop_last=self.drop_last):
                 yield torch.as_tensor(idx)
             return
@@ -149,6 +170,7 @@ class _Batches:
                 x, y = (b[0], b[1]) if isinstance(b, (tuple, list)) else (b, None)
                 if self.need_labels and y is None:
                     raise ValueError('the objective is conditional but the DataLoader yields no labels')
+                self._check_dtype(x)
                 yield x.to(self.device, non_blocking=True), (None if y is None else y.to(self.device, non_blocking=True))
             return
         for idx in self._index_batches(shuffle, generator):
@@ -162,11 +184,14 @@ class _Batches:
                     y = torch.as_tensor([int(it[1]) for it in items])
                 else:
                     x, y = torch.stack([torch.as_tensor(it) for it in items]), None
+                self._check_dtype(x)
                 yield x.to(self.device), (None if y is None else y.to(self.device))
 
     def __len__(self) -> int:
         if self.loader is not None:
             return len(self.loader)
+        if self.eval_batches:
+            return sum(1 for _ in self._eval_index_batches())
         return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
 
 # %% ../nbs/03_train.ipynb #a2436e3c
@@ -259,15 +284,90 @@ def _set_rng_state(st: Mapping, gens: Mapping[str, torch.Generator], device: tor
         torch.cuda.set_rng_state(st['cuda'], device)
 
 
-def _save_json(path: Path, obj) -> Path:
-    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
-
-
 def _save_history(out: Path, rows: list[dict]) -> dict[str, Path]:
     df = pd.DataFrame(rows)
     p_csv = atomic_write(out / 'history.csv', lambda f: f.write(df.to_csv(index=False).encode()))
-    p_json = _save_json(out / 'history.json', rows)
+    p_json = atomic_write_json(out / 'history.json', rows)
     return {'history_csv': p_csv, 'history_json': p_json}
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype | None:
+    "The floating dtype of the model's parameters (the dtype `fit` requires of the data), None if it has none."
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None
+
+
+_SIMPLE = (bool, int, float, str, type(None))
+
+
+def _describe_objective(objective) -> str:
+    "Class and configuration of the objective: its own `__repr__` if it defines one, else its simple attributes."
+    cls = type(objective)
+    name = f'{cls.__module__}.{cls.__qualname__}'
+    if cls.__repr__ is not object.__repr__:
+        return f'{name}: {objective!r}'
+    attrs = {k: v for k, v in sorted(getattr(objective, '__dict__', {}).items())
+             if isinstance(v, _SIMPLE) or (isinstance(v, (tuple, list)) and all(isinstance(e, _SIMPLE) for e in v))}
+    return f'{name}: {attrs!r}'
+
+
+def _describe_model(model: nn.Module) -> str:
+    "Class plus the names and shapes of every parameter and buffer."
+    cls = type(model)
+    shapes = [[k, list(v.shape)] for k, v in model.state_dict().items()]
+    return f'{cls.__module__}.{cls.__qualname__}: ' + json.dumps(shapes, separators=(',', ':'))
+
+
+def _tensor_digest(t: Tensor, n: int = 4096) -> str:
+    "Shape, dtype and a hash of ~n strided values (cheap, yet changes when the data do)."
+    flat = t.detach().reshape(-1)
+    step = max(1, flat.numel() // n)
+    sample = flat[::step].cpu().contiguous()
+    if sample.dtype == torch.bfloat16:
+        sample = sample.float()
+    h = hashlib.sha256(sample.numpy().tobytes()).hexdigest()[:16]
+    return f'shape={list(t.shape)} dtype={str(t.dtype).replace("torch.", "")} sha256[::{step}]={h}'
+
+
+def _describe_data(batches: '_Batches') -> str:
+    if batches.x is not None:
+        out = 'x ' + _tensor_digest(batches.x)
+        return out + ('' if batches.y is None else '; y ' + _tensor_digest(batches.y))
+    if batches.loader is not None:
+        ds = batches.loader.dataset
+        n = len(ds) if hasattr(ds, '__len__') else None
+        return f'DataLoader of {type(ds).__name__} n={n} batches={len(batches.loader)}'
+    first = batches.dataset[0]
+    x0 = first[0] if isinstance(first, (tuple, list)) else first
+    return f'{type(batches.dataset).__name__} n={batches.n} item0 ' + _tensor_digest(torch.as_tensor(x0))
+
+
+def _check_fingerprint(path: Path, saved: Mapping | None, now: Mapping) -> None:
+    "Refuse to resume a checkpoint written for another objective, model, data set, batch size or seed."
+    if saved is None:  # a checkpoint from before fingerprints: only the settings check applies
+        return
+    diff = [k for k in now if saved.get(k) != now[k]]
+    if diff:
+        lines = '; '.join(f'{k}: saved {str(saved.get(k))[:200]!r}, now {str(now[k])[:200]!r}' for k in diff)
+        raise ValueError(f'resume: the checkpoint at {path} was written for a different run ({", ".join(diff)} '
+                         f'differ{"s" if len(diff) == 1 else ""}): {lines}')
+
+
+def _read_checkpoint(path: Path) -> dict:
+    "torch.load a `fit` checkpoint on the CPU; a truncated or corrupt file is a ValueError naming it."
+    try:
+        ck = torch.load(path, map_location='cpu', weights_only=True)
+    except (EOFError, RuntimeError, OSError, ValueError) as e:  # OSError: not a file; pickle errors surface as these
+        if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError)):
+            raise
+        raise ValueError(f'truncated or corrupt checkpoint {path}: {type(e).__name__}: {e}') from e
+    except Exception as e:  # pickle.UnpicklingError and friends
+        raise ValueError(f'truncated or corrupt checkpoint {path}: {type(e).__name__}: {e}') from e
+    if not isinstance(ck, dict) or ck.get('format') != 'hyperlatent.fit/1':
+        raise ValueError(f'{path} is not a checkpoint written by hyperlatent.train.fit')
+    return ck
 
 # %% ../nbs/03_train.ipynb #0e5f6b0c
 def fit(
@@ -304,8 +404,7 @@ def fit(
     "Train `model` on `data` with `objective`; returns the model, a per-epoch history and the written paths."
     threads = torch.get_num_threads()
     if num_threads is not None:
-        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
-            raise ValueError(f'num_threads must be an int >= 1 or None, got {num_threads!r}')
+        num_threads = check_int(num_threads, 'num_threads', lo=1)
         torch.set_num_threads(num_threads)
     try:
         return _fit(model, data, objective, epochs=epochs, recipe=recipe, batch_size=batch_size, lr=lr, beta=beta,
@@ -336,17 +435,15 @@ def _fit(model, data, objective, *, epochs, recipe, batch_size, lr, beta, beta_t
     for m in ('encode', 'reparameterize', 'decode'):
         if not callable(getattr(model, m, None)):
             raise TypeError(f'model must have a `{m}` method (the VAE interface), {type(model).__name__} has none')
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f'epochs must be an int >= 1, got {epochs!r}')
-    for name, v in (('lr', lr), ('beta', beta), ('gamma', gamma)):
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-            raise ValueError(f'{name} must be a finite number >= 0, got {v!r}')
-    if beta_target is not None and (not isinstance(beta_target, (int, float)) or not math.isfinite(beta_target) or beta_target <= 0):
-        raise ValueError(f'beta_target must be a finite number > 0 or None, got {beta_target!r}')
-    if clip_grad_norm is not None and (not isinstance(clip_grad_norm, (int, float)) or not clip_grad_norm > 0):
-        raise ValueError(f'clip_grad_norm must be a number > 0 or None, got {clip_grad_norm!r}')
-    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1):
-        raise ValueError(f'checkpoint_every must be an int >= 1 or None, got {checkpoint_every!r}')
+    epochs = check_int(epochs, 'epochs', lo=1)
+    lr, beta, gamma = (check_float(v, name, lo=0) for name, v in (('lr', lr), ('beta', beta), ('gamma', gamma)))
+    if beta_target is not None:
+        beta_target = check_float(beta_target, 'beta_target', lo=0, lo_open=True)
+    if clip_grad_norm is not None:
+        clip_grad_norm = check_float(clip_grad_norm, 'clip_grad_norm', lo=0, lo_open=True)
+    if checkpoint_every is not None:
+        checkpoint_every = check_int(checkpoint_every, 'checkpoint_every', lo=1)
+    seed = check_int(seed, 'seed')
     if resume and output_dir is None:
         raise ValueError('resume=True needs output_dir (where the checkpoint is)')
     anneal_fn = _schedule_fn(anneal)
@@ -366,9 +463,12 @@ def _fit(model, data, objective, *, epochs, recipe, batch_size, lr, beta, beta_t
     if amp_dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f'amp_dtype must be torch.float16 or torch.bfloat16, got {amp_dtype!r}')
     cond = _is_conditional(objective, conditional)
-    batches = _Batches(data, batch_size, drop_last=drop_last, need_labels=cond, device=dev)
+    mdtype = _model_dtype(model)
+    batches = _Batches(data, batch_size, drop_last=drop_last, need_labels=cond, device=dev, dtype=mdtype)
     val_batches = None if val_data is None else _Batches(val_data, batch_size, drop_last=False, need_labels=cond,
-                                                         device=dev, name='val_data')
+                                                         device=dev, name='val_data', dtype=mdtype, eval_batches=True)
+    fingerprint = dict(objective=_describe_objective(objective), model=_describe_model(model),
+                       data=_describe_data(batches), batch_size=batches.batch_size, seed=seed)
     model.to(dev)
 
     # ---- optimisers, schedulers, scaler
@@ -393,7 +493,11 @@ def _fit(model, data, objective, *, epochs, recipe, batch_size, lr, beta, beta_t
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(seed)
         if resume and ckpt_path.exists():
-            ck = torch.load(ckpt_path, map_location='cpu', weights_only=True)  # RNG states must stay on the CPU
+            ck = _read_checkpoint(ckpt_path)  # RNG states must stay on the CPU
+            _check_fingerprint(ckpt_path, ck.get('fingerprint'), fingerprint)
+            if int(ck['epoch']) > epochs:
+                raise ValueError(f"resume: the checkpoint at {ckpt_path} has already done {int(ck['epoch'])} epochs, "
+                                 f'more than epochs={epochs} (epochs is the total, including finished ones)')
             bad = {k: (ck['config'].get(k), v) for k, v in config.items() if ck['config'].get(k) != v}
             if bad:
                 raise ValueError(f'resume: the checkpoint was written with different settings (saved, now): {bad}')
@@ -407,7 +511,8 @@ def _fit(model, data, objective, *, epochs, recipe, batch_size, lr, beta, beta_t
         def save_checkpoint(epoch_done: int) -> None:
             state = dict(format='hyperlatent.fit/1', epoch=epoch_done, model=model.state_dict(),
                          optimizers=[o.state_dict() for o in opts], schedulers=[s.state_dict() for s in scheds],
-                         scaler=scaler.state_dict(), rng=_rng_state(gens, dev), history=history, beta=beta, config=config)
+                         scaler=scaler.state_dict(), rng=_rng_state(gens, dev), history=history, beta=beta, config=config,
+                         fingerprint=fingerprint)
             atomic_write(ckpt_path, lambda f: torch.save(state, f))
             _save_history(out, history)
 
@@ -512,7 +617,7 @@ def _step(scaler, opt, params, clip) -> None:
 
 @torch.no_grad()
 def _evaluate(model, batches: _Batches, objective, rec_fn, cond, epoch, amp, amp_dtype, dev) -> dict[str, float]:
-    "Mean rec / KL terms on held-out data, eval mode, z = reparameterised sample is replaced by the mean."
+    "Sample-weighted mean of the rec / KL terms over the fixed validation batches, eval mode, decoding the posterior mean."
     was = model.training
     model.eval()
     sums, nb = {}, 0
@@ -525,8 +630,8 @@ def _evaluate(model, batches: _Batches, objective, rec_fn, cond, epoch, amp, amp
             terms = objective(mu.float(), logvar.float(), labels=yb if cond else None, epoch=epoch, training=False)
             vals = {'rec': rec, 'kl': terms['total'], **_term_columns(terms)}
             for k, v in vals.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            nb += 1
+                sums[k] = sums.get(k, 0.0) + float(v) * len(xb)
+            nb += len(xb)
     finally:
         model.train(was)
     return {k: s / max(nb, 1) for k, s in sums.items()}
@@ -551,9 +656,7 @@ def load_checkpoint(
         path = path / 'checkpoint.pt'
     if not path.exists():
         raise FileNotFoundError(f'no checkpoint at {path}')
-    ck = torch.load(path, map_location='cpu', weights_only=True)
-    if not isinstance(ck, dict) or ck.get('format') != 'hyperlatent.fit/1':
-        raise ValueError(f'{path} is not a checkpoint written by hyperlatent.train.fit')
+    ck = _read_checkpoint(path)
     model.load_state_dict(ck['model'])
     return {'epoch': ck['epoch'], 'beta': ck['beta'], 'config': ck['config'], 'history': pd.DataFrame(ck['history'])}
 

@@ -291,12 +291,20 @@ class CrashAt(KLObjective):
         return super().__call__(mu, logvar, labels=labels, epoch=epoch, training=training)
 
 
-def test_resume_after_exception_mid_epoch(digits, tmp_path):
+def test_resume_after_exception_mid_epoch(digits, tmp_path, monkeypatch):
     x, _ = digits
     kw = dict(batch_size=100, lr=3e-3, progress=False, device='cpu', seed=1)
     straight = fit(MLPVAE(dropout=0.1), x, KLObjective(), epochs=4, output_dir=tmp_path / 'a', **kw)
-    with pytest.raises(RuntimeError, match='interrupted'):
-        fit(MLPVAE(dropout=0.1), x, CrashAt(2, 4), epochs=4, output_dir=tmp_path / 'b', **kw)
+    crash, plain = CrashAt(2, 4), KLObjective.__call__  # the interruption is patched into KLObjective itself:
+    def crashing(self, mu, logvar, *, labels=None, epoch=0, training=True):  # resume refuses another objective class
+        if epoch == crash.at:
+            crash.n += 1
+            if crash.n == crash.call:
+                raise RuntimeError('interrupted')
+        return plain(self, mu, logvar, labels=labels, epoch=epoch, training=training)
+    with monkeypatch.context() as m, pytest.raises(RuntimeError, match='interrupted'):
+        m.setattr(KLObjective, '__call__', crashing)
+        fit(MLPVAE(dropout=0.1), x, KLObjective(), epochs=4, output_dir=tmp_path / 'b', **kw)
     resumed = fit(MLPVAE(dropout=0.1), x, KLObjective(), epochs=4, output_dir=tmp_path / 'b', resume=True, **kw)
     _assert_same_model(straight.model, resumed.model)
     pd.testing.assert_frame_equal(_no_time(straight.history), _no_time(resumed.history), check_exact=True)
@@ -508,3 +516,181 @@ def test_progress_bars_and_quiet_mode(digits, capsys):
     fit(MLPVAE(), x, KLObjective(), epochs=2, batch_size=100, progress=True, device='cpu')
     err = capsys.readouterr().err
     assert 'epochs' in err and '2/2' in err and 'loss=' in err
+
+
+# ----------------------------------------------------------------------------- validation batches, resume fingerprint, corrupt checkpoints, dtype
+class CondRecorder:
+    """A conditional objective that insists on every class in every batch (like the compression objectives) and
+    records the validation batches it sees."""
+    conditional = True
+
+    def __init__(self, n_classes=10):
+        self.n_classes, self.val_batches = n_classes, []
+
+    def __call__(self, mu, logvar, *, labels=None, epoch=0, training=True):
+        assert labels is not None
+        if len(torch.unique(labels)) != self.n_classes:
+            raise ValueError('every class must be present in every batch')
+        if len(mu) < 2:
+            raise ValueError('needs >= 2 rows')
+        if not training:
+            self.val_batches.append(labels.clone())
+        return {'total': kl_mean(mu, logvar)}
+
+
+def _direct_val(model, x):
+    """Oracle: rec (per-image SSE, batch mean) and KL mean of the whole set in one eval-mode call, decoding mu."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        mu, lv = model.encode(x)
+        rec = ((model.decode(mu) - x) ** 2).flatten(1).sum(1).mean()
+        kl = kl_mean(mu, lv)
+    model.train(was)
+    return float(rec), float(kl)
+
+
+@pytest.mark.parametrize('n_val', [101, 201, 250])
+def test_validation_class_sorted_and_any_size_with_conditional_objective(digits, n_val):
+    x, y = digits
+    xv, yv = x[700:700 + n_val], y[700:700 + n_val]
+    order = torch.argsort(yv, stable=True)  # class-sorted: sequential batches would each hold one or two classes
+    xv, yv = xv[order], yv[order]
+    obj = CondRecorder()
+    r = fit(MLPVAE(noise=False), (x[:700], y[:700]), obj, val_data=(xv, yv), epochs=2, batch_size=100,
+            progress=False, device='cpu')
+    seen = obj.val_batches[-len(obj.val_batches) // 2:]  # the last epoch's validation batches
+    assert sum(len(b) for b in seen) == n_val  # every sample exactly once (no short batch, none dropped)
+    assert len(seen) == max(1, n_val // 100) and all(len(b) >= 90 for b in seen)  # stratified: ~n_val / n_batches each
+    rec, kl = _direct_val(r.model, xv)  # per-sample terms: the sample-weighted batch mean equals the whole-set value
+    assert r.history.val_rec.iloc[-1] == pytest.approx(rec, rel=1e-5)
+    assert r.history.val_kl.iloc[-1] == pytest.approx(kl, rel=1e-5)
+
+
+def test_validation_size_one_remainder_unconditional(digits):
+    x, _ = digits
+    r = fit(MLPVAE(noise=False), x[:700], KLObjective(), val_data=x[700:901], epochs=1, batch_size=100,
+            progress=False, device='cpu')  # 201 = 2*100 + 1: the lone row joins the previous batch
+    rec, kl = _direct_val(r.model, x[700:901])
+    assert r.history.val_rec.iloc[-1] == pytest.approx(rec, rel=1e-5)
+    assert r.history.val_kl.iloc[-1] == pytest.approx(kl, rel=1e-5)
+    with pytest.raises(ValueError, match='val_data'):
+        fit(MLPVAE(), x[:700], KLObjective(), val_data=x[700:701], epochs=1, batch_size=100, progress=False, device='cpu')
+
+
+def _first_run(x, tmp_path, **kw):
+    args = dict(epochs=2, batch_size=100, progress=False, device='cpu', output_dir=tmp_path)
+    args.update(kw)
+    return fit(MLPVAE(), x, KLObjective(), **args)
+
+
+def test_resume_rejects_other_objective(digits, tmp_path):
+    x, _ = digits
+    _first_run(x, tmp_path)
+    from hyperlatent.vae import BetaObjective
+    with pytest.raises(ValueError, match='objective'):
+        fit(MLPVAE(), x, BetaObjective(), epochs=3, batch_size=100, progress=False, device='cpu', output_dir=tmp_path,
+            resume=True)
+
+
+def test_resume_rejects_other_objective_config(digits, tmp_path):
+    from hyperlatent.vae import BetaObjective
+    x, _ = digits
+    fit(MLPVAE(), x, BetaObjective('sum'), epochs=1, batch_size=100, progress=False, device='cpu', output_dir=tmp_path)
+    with pytest.raises(ValueError, match='objective'):
+        fit(MLPVAE(), x, BetaObjective('mean'), epochs=2, batch_size=100, progress=False, device='cpu',
+            output_dir=tmp_path, resume=True)
+
+
+def test_resume_rejects_other_data(digits, tmp_path):
+    x, _ = digits
+    _first_run(x, tmp_path)
+    with pytest.raises(ValueError, match='data'):  # 100 rows instead of 1000
+        fit(MLPVAE(), x[:100], KLObjective(), epochs=3, batch_size=50 * 2, progress=False, device='cpu',
+            output_dir=tmp_path, resume=True)
+    x2 = x.clone()
+    x2[::7] = 1 - x2[::7]  # same shape, different values
+    with pytest.raises(ValueError, match='data'):
+        fit(MLPVAE(), x2, KLObjective(), epochs=3, batch_size=100, progress=False, device='cpu', output_dir=tmp_path,
+            resume=True)
+
+
+def test_resume_rejects_other_model(digits, tmp_path):
+    x, _ = digits
+    _first_run(x, tmp_path)
+    with pytest.raises(ValueError, match='model'):
+        fit(MLPVAE(hidden=32), x, KLObjective(), epochs=3, batch_size=100, progress=False, device='cpu',
+            output_dir=tmp_path, resume=True)
+
+
+def test_resume_rejects_other_seed(digits, tmp_path):
+    x, _ = digits
+    _first_run(x, tmp_path)
+    with pytest.raises(ValueError, match='seed'):
+        fit(MLPVAE(), x, KLObjective(), epochs=3, batch_size=100, progress=False, device='cpu', output_dir=tmp_path,
+            resume=True, seed=1)
+
+
+def test_resume_rejects_fewer_epochs_than_done(digits, tmp_path):
+    x, _ = digits
+    _first_run(x, tmp_path, epochs=3)
+    with pytest.raises(ValueError, match='epochs'):
+        fit(MLPVAE(), x, KLObjective(), epochs=2, batch_size=100, progress=False, device='cpu', output_dir=tmp_path,
+            resume=True)
+    r = fit(MLPVAE(), x, KLObjective(), epochs=4, batch_size=100, progress=False, device='cpu', output_dir=tmp_path,
+            resume=True)  # the matching run still resumes
+    assert list(r.history.epoch) == [0, 1, 2, 3]
+
+
+def test_truncated_checkpoint_is_a_clear_error(digits, tmp_path):
+    from hyperlatent.train import load_checkpoint
+    x, _ = digits
+    r = _first_run(x, tmp_path, epochs=1)
+    ck = r.paths['checkpoint']
+    raw = ck.read_bytes()
+    ck.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match='truncated or corrupt checkpoint') as e:
+        load_checkpoint(ck, MLPVAE())
+    assert str(ck) in str(e.value)
+    with pytest.raises(ValueError, match='truncated or corrupt checkpoint'):
+        fit(MLPVAE(), x, KLObjective(), epochs=2, batch_size=100, progress=False, device='cpu', output_dir=tmp_path,
+            resume=True)
+    ck.write_bytes(b'')
+    with pytest.raises(ValueError, match='truncated or corrupt checkpoint'):
+        load_checkpoint(tmp_path, MLPVAE())
+
+
+def test_float64_data_into_float32_model_is_a_type_error(digits):
+    x, y = digits
+    with pytest.raises(TypeError, match=r'data.*float64.*float32'):
+        fit(MLPVAE(), x.double(), KLObjective(), epochs=1, batch_size=100, progress=False, device='cpu')
+    with pytest.raises(TypeError, match=r'val_data.*float64.*float32'):
+        fit(MLPVAE(), x, KLObjective(), val_data=x[:200].double(), epochs=1, batch_size=100, progress=False,
+            device='cpu')
+    ds = torch.utils.data.TensorDataset(x.double(), y)
+    with pytest.raises(TypeError, match=r'float64.*float32'):
+        fit(MLPVAE(), ds, KLObjective(), epochs=1, batch_size=100, progress=False, device='cpu')
+    r = fit(MLPVAE().double(), x.double(), KLObjective(), epochs=1, batch_size=100, progress=False, device='cpu')
+    assert np.isfinite(r.history.loss).all()  # a float64 model trains on float64 data
+
+
+def test_select_device_is_the_shared_one():
+    from hyperlatent import _checks, train
+    assert train.select_device is _checks.select_device
+    mps = hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()
+    assert select_device().type == ('cuda' if torch.cuda.is_available() else 'mps' if mps else 'cpu')
+    with pytest.raises(TypeError, match='epochs'):
+        fit(MLPVAE(), torch.rand(10, 1, 8, 8), KLObjective(), epochs=True, progress=False, device='cpu')
+
+
+def test_validation_with_conditional_compression_objective_class_sorted():
+    from hyperlatent.data import load_dataset
+    from hyperlatent.vae import CompressionObjective, mlp_vae
+    ds = load_dataset('digits')
+    order = torch.argsort(ds.y[1000:1301], stable=True)  # 301 rows, class-sorted: 301 % 100 == 1
+    xv, yv = ds.x[1000:1301][order], ds.y[1000:1301][order]
+    obj = CompressionObjective('anomaly', conditional=True, n_classes=10, class_axis_stride=3)
+    torch.manual_seed(0)
+    res = fit(mlp_vae((1, 8, 8), 32, project=True), (ds.x[:1000], ds.y[:1000]), obj, val_data=(xv, yv), epochs=1,
+              batch_size=100, recipe='reference', progress=False, device='cpu', num_threads=1)
+    assert np.isfinite(res.history.val_kl).all() and np.isfinite(res.history.val_rec).all()
