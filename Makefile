@@ -10,7 +10,7 @@ EXTRAS     ?= dev,ray
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.installed
 
-.PHONY: install demo test test-slow test-all check-sync bench clean-nbs export
+.PHONY: install demo test test-slow test-all check-sync bench clean-nbs export docs check-outputs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,3 +61,12 @@ export: install
 	$(BIN)/nbdev_export
 clean-nbs: install
 	$(BIN)/nbdev_clean
+
+# Offline HTML docs (no Quarto): every notebook's saved outputs -> _site/index.html, plus an API page.
+docs: install
+	$(BIN)/python tools/build_docs.py
+
+# Module notebooks keep their figures (< 1 MB each), experiment notebooks keep no outputs.
+# Refresh the module notebooks' outputs with: $(BIN)/python tools/execute_nbs.py [nbs/XX.ipynb ...]
+check-outputs: install
+	$(BIN)/python tools/check_outputs.py
