@@ -201,3 +201,221 @@ def test_torch_path_equals_numpy_path():
     dag = compile_rules([random_formula(rng, 4) for _ in range(30)], concepts=VARS, flatten=True)
     t = torch.from_numpy(np.random.default_rng(0).random((500, len(VARS))) < 0.5)
     assert torch.equal(dag._propagate_torch(t), dag.evaluate(t))
+
+
+# --- long and deep rules: no recursion anywhere (parse, compile, str/repr/==/hash, formula, propagation) ----
+N_BIG = 10_000
+
+
+def _right_implies(x):
+    "Oracle: a -> (b -> (c -> ...)) by a simple loop from the right, for each row of x."
+    v = x[:, -1].copy()
+    for i in range(x.shape[1] - 2, -1, -1):
+        v = ~x[:, i] | v
+    return v
+
+
+def _rows(n, rng):
+    "Boolean assignments: random p=0.5, all True, all True but one False, and mostly True (p = 1 - 1/n)."
+    x = np.ones((6, n), bool)
+    x[0] = rng.random(n) < 0.5
+    x[2, rng.integers(n)] = False
+    x[3, -1] = False
+    x[4] = rng.random(n) < 1 - 1 / n
+    x[5, 0] = False
+    return x
+
+
+def test_reported_recursion_errors_are_gone():
+    assert parse_rule('(' * 90 + 'A' + ')' * 90) == Var('A')
+    chain = parse_rule(' -> '.join(f'A{i}' for i in range(992)))
+    want = Var('A991')
+    for i in range(990, -1, -1): want = Binary('implies', Var(f'A{i}'), want)  # built bottom-up, no parser
+    assert chain == want
+    dag = compile_rules([' & '.join(f'A{i}' for i in range(1002))])
+    assert dag.num_nodes == 1002 + 1001
+    f = Var('A0')
+    for i in range(1, 2000): f = f & Var(f'A{i}')
+    assert parse_rule(str(f)) == f
+
+
+@pytest.mark.parametrize('op', ['&', '|'])
+def test_long_and_or_chains_match_all_any(op):
+    rng = np.random.default_rng(0)
+    text = f' {op} '.join(f'A{i}' for i in range(N_BIG))
+    f = parse_rule(text)
+    ref = Var('A0')
+    for i in range(1, N_BIG): ref = Binary('and' if op == '&' else 'or', ref, Var(f'A{i}'))  # left-assoc
+    assert f == ref and hash(f) == hash(ref)
+    assert parse_rule(str(f)) == f
+    assert f.variables() == [f'A{i}' for i in range(N_BIG)]
+    x = _rows(N_BIG, rng)
+    want = x.all(1) if op == '&' else x.any(1)
+    if op == '|': x = ~x; want = x.any(1)  # make 'or' non-trivial: mostly-False rows
+    for flatten in (False, True):
+        dag = compile_rules({'r': text}, flatten=flatten)
+        np.testing.assert_array_equal(dag.root_truth(x)[:, 0], want)
+        d = {f'A{i}': x[:, i] for i in range(N_BIG)}
+        np.testing.assert_array_equal(dag.root_truth(d)[:, 0], want)
+    # the DAG's own rendering re-parses to a rule with the same truth
+    dag = compile_rules({'r': text})
+    np.testing.assert_array_equal(compile_rules([dag.formula(dag.roots[0])], concepts=dag.concepts).root_truth(x)[:, 0], want)
+
+
+def test_long_implies_chain_is_right_associative():
+    rng = np.random.default_rng(1)
+    text = ' -> '.join(f'A{i}' for i in range(N_BIG))
+    f = parse_rule(text)
+    ref = Var(f'A{N_BIG - 1}')
+    for i in range(N_BIG - 2, -1, -1): ref = Binary('implies', Var(f'A{i}'), ref)
+    assert f == ref and parse_rule(str(f)) == f
+    dag = compile_rules([text])
+    x = _rows(N_BIG, rng)
+    x[1] = True; x[1, -1] = False; x[1, ::2] = True  # chain: every antecedent true, final consequent false
+    x = np.concatenate([x, rng.random((20, N_BIG)) < 0.9])
+    want = _right_implies(x)
+    assert want.any() and not want.all()
+    np.testing.assert_array_equal(dag.root_truth(x)[:, 0], want)
+    np.testing.assert_array_equal(dag.root_truth(torch.from_numpy(x))[:, 0].numpy(), want)
+
+
+def test_deep_parentheses_and_negations():
+    assert parse_rule('(' * N_BIG + 'A' + ')' * N_BIG) == Var('A')
+    assert parse_rule('(' * N_BIG + 'A -> B' + ')' * N_BIG) == Var('A') >> Var('B')
+    for n in (N_BIG, N_BIG + 1):
+        f = parse_rule('~(' * n + 'A' + ')' * n)
+        g = Var('A')
+        for _ in range(n): g = Not(g)
+        assert f == g and parse_rule(str(f)) == f and repr(f).count('Not(') == n
+        a = np.array([[False], [True]])
+        np.testing.assert_array_equal(compile_rules([f]).root_truth(a)[:, 0], a[:, 0] ^ (n % 2 == 1))
+    with pytest.raises(RuleSyntaxError, match=r"expected '\)'"):
+        parse_rule('(' * N_BIG + 'A' + ')' * (N_BIG - 1))
+
+
+def test_deep_right_nested_mixed_formula_matches_loop_oracle():
+    "A0 & (A1 | (A2 ^ (A3 -> (A4 <-> (... ~A_{n-1}))))): 10,000 levels deep; oracle folds from the inside out."
+    rng = np.random.default_rng(2)
+    n = N_BIG
+    syms = ['&', '|', '^', '->', '<->']
+    fns = [lambda a, b: a & b, lambda a, b: a | b, lambda a, b: a ^ b, lambda a, b: ~a | b, lambda a, b: a == b]
+    ops = rng.integers(0, 5, n - 1)
+    neg = rng.random(n) < 0.3
+    lit = [('~' if neg[i] else '') + f'A{i}' for i in range(n)]
+    text = ''.join(f'{lit[i]} {syms[ops[i]]} (' for i in range(n - 1)) + lit[-1] + ')' * (n - 1)
+    f = parse_rule(text)
+    assert parse_rule(str(f)) == f
+    dag = compile_rules([text])
+    assert dag.max_depth >= n - 1
+    x = rng.random((64, n)) < 0.5
+    xl = x ^ neg
+    want = xl[:, -1]
+    for i in range(n - 2, -1, -1):
+        want = fns[ops[i]](xl[:, i], want)
+    np.testing.assert_array_equal(dag.root_truth(x)[:, 0], want)
+    nodes = dag.evaluate(x)
+    np.testing.assert_array_equal(nodes[:, dag.roots[0]], want)
+    back = compile_rules([dag.formula(dag.roots[0])], concepts=dag.concepts)
+    np.testing.assert_array_equal(back.root_truth(x)[:, 0], want)
+
+
+_PREC = {'iff': 1, 'implies': 2, 'or': 3, 'xor': 4, 'and': 5}
+_SPELL = {'and': ['&', 'and'], 'or': ['|', 'or'], 'xor': ['^', 'xor'], 'implies': ['->', 'implies'], 'iff': ['<->', 'iff']}
+
+
+def minimal_text(f, rng):
+    "Independent printer using the fewest parentheses the precedence table allows (random spellings)."
+    if isinstance(f, Var): return f.name
+    if isinstance(f, Not):
+        s = minimal_text(f.arg, rng)
+        return rng.choice(['~', '!', 'not ']) + (f'({s})' if isinstance(f.arg, Binary) else s)
+    p = _PREC[f.op]
+    def side(c, left):
+        s = minimal_text(c, rng)
+        if not isinstance(c, Binary): return s
+        q = _PREC[c.op]
+        need = q < p or (q == p and (left if f.op == 'implies' else not left))
+        return f'({s})' if need else s
+    return f'{side(f.left, True)} {rng.choice(_SPELL[f.op])} {side(f.right, False)}'
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_precedence_parser_agrees_with_minimal_parenthesis_printer(seed):
+    rng = random.Random(seed)
+    for _ in range(60):
+        f = random_formula(rng, rng.randint(1, 6))
+        assert parse_rule(minimal_text(f, rng)) == f
+
+
+def test_formula_equality_hash_and_pickle():
+    import pickle
+    a, b = parse_rule('a & ~b -> c'), parse_rule('(a & ~b) -> c')
+    assert a == b and hash(a) == hash(b) and not (a != b) and len({a, b}) == 1
+    assert a != parse_rule('a & ~b -> d') and a != parse_rule('a & b -> c') and a != 'a & ~b -> c'
+    assert pickle.loads(pickle.dumps(a)) == a
+    assert repr(Var('x') & ~Var('y')) == "Binary(op='and', left=Var(name='x'), right=Not(arg=Var(name='y')))"
+
+
+# --- truth values must be Boolean ---------------------------------------------------------------------------
+def test_non_boolean_truth_values_are_rejected_naming_the_variable():
+    dag = compile_rules({'r': 'a & ~b'})
+    with pytest.raises(ValueError, match=r"truth\['a'\].*0/1.*0\.5"):
+        dag.root_truth({'a': np.array([1.0, 0.5]), 'b': np.array([0, 1])})
+    with pytest.raises(ValueError, match=r"truth\['b'\].*nan"):
+        dag.root_truth({'a': np.array([1, 1]), 'b': np.array([0.0, np.nan])})
+    with pytest.raises(ValueError, match=r"truth\['b'\]"):
+        dag.root_truth({'a': [1, 0], 'b': ['x', 'y']})
+    for bad in (2, -1):
+        x = np.array([[1, 0], [0, bad]])
+        with pytest.raises(ValueError, match=r"column 1 \(concept 'b'\).*0/1"):
+            dag.root_truth(x)
+        with pytest.raises(ValueError, match=r"concept 'b'"):
+            dag.evaluate(torch.from_numpy(x))
+        with pytest.raises(ValueError, match=r"truth\['b'\]"):
+            dag.root_truth({'a': x[:, 0], 'b': x[:, 1]})
+    with pytest.raises(ValueError, match="concept 'a'"):
+        dag.root_truth(np.array([[np.nan, 0.0]]))
+
+
+def test_boolean_like_truth_values_are_accepted():
+    dag = compile_rules({'r': 'a & ~b'})
+    xb = all_assignments(2)
+    want = xb[:, 0] & ~xb[:, 1]
+    for x in (xb, xb.astype(np.int64), xb.astype(np.uint8), xb.astype(np.float32), xb.astype(float),
+              torch.from_numpy(xb), torch.from_numpy(xb.astype(np.int32)), torch.from_numpy(xb.astype(np.float64))):
+        got = dag.root_truth(x)
+        got = got.numpy() if isinstance(got, torch.Tensor) else got
+        np.testing.assert_array_equal(got[:, 0], want)
+    d = {'a': [np.bool_(v) for v in xb[:, 0]], 'b': [bool(v) for v in xb[:, 1]]}
+    np.testing.assert_array_equal(dag.root_truth(d)[:, 0], want)
+    np.testing.assert_array_equal(dag.root_truth({'a': xb[:, 0] * 1.0, 'b': xb[:, 1] * 1})[:, 0], want)
+
+
+def test_index_arguments_use_check_int():
+    dag = compile_rules({'r': 'a & b', 's': 'a | c'})
+    assert dag.rule_nodes(np.int64(1)) == dag.rule_nodes('s')
+    with pytest.raises(TypeError, match='rule'):
+        dag.rule_nodes(True)
+    with pytest.raises(ValueError, match='rule'):
+        dag.rule_nodes(2)
+    with pytest.raises(ValueError, match='node'):
+        dag.formula(dag.num_nodes)
+    with pytest.raises(ValueError, match='node'):
+        dag.subtree(-1)
+    with pytest.raises(TypeError, match='node'):
+        dag.formula(1.0)
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_flatten_keeps_truth_and_merges_chains(seed):
+    rng = random.Random(100 + seed)
+    fs = [random_formula(rng, rng.randint(1, 5)) for _ in range(25)]
+    x = all_assignments(len(VARS))
+    env = [dict(zip(VARS, row)) for row in x.tolist()]
+    want = np.array([[recursive_eval(f, e) for f in fs] for e in env])
+    flat = compile_rules(fs, concepts=VARS, flatten=True)
+    np.testing.assert_array_equal(flat.root_truth(x), want)
+    assert flat.num_nodes <= compile_rules(fs, concepts=VARS).num_nodes
+    # an un-negated same-operator chain is one node; a negated one is kept apart
+    d = compile_rules(['a & (b & (c & d)) & e', '(a | b) | ~(c | d)'], flatten=True)
+    assert len(d.children[d.roots[0]]) == 5 and len(d.children[d.roots[1]]) == 3
