@@ -1,4 +1,5 @@
-"""Benchmark: exact chunked `knn_score` vs scikit-learn `NearestNeighbors(algorithm='brute')`.
+"""Benchmark: exact chunked `knn_score` vs scikit-learn `NearestNeighbors(algorithm='brute')` and, when
+installed, a faiss-cpu flat (exact) index `faiss.IndexFlatL2` (otherwise it prints 'faiss not installed').
 
 Problem of issue 4: bank 60,000 x query 10,000 x d 128, float32, k = 3, on CPU. Each measurement runs in
 a fresh subprocess so that its peak memory (VmHWM minus the resident size before the call, i.e. the
@@ -32,8 +33,21 @@ def worker(method: str, n_bank: int, n_query: int, d: int, k: int, self_: bool =
     bank = rng.standard_normal((n_bank, d), dtype=np.float32)
     query = bank if self_ else rng.standard_normal((n_query, d), dtype=np.float32)
     if method == 'hyperlatent':
-        from hyperlatent.detect import knn_score
+        from hyperlatent.knn import knn_score
         run = lambda: knn_score(bank, query, k, exclude_self=self_)
+    elif method == 'faiss':
+        import faiss
+
+        def run():
+            index = faiss.IndexFlatL2(d)
+            index.add(bank)
+            if self_:  # one extra neighbour, then drop each row's own match (ties with exact duplicates aside)
+                D, I = index.search(query, k + 1)
+                keep = I != np.arange(len(query))[:, None]
+                D = np.stack([r[m][:k] for r, m in zip(D, keep)])
+            else:
+                D, _ = index.search(query, k)
+            return np.sqrt(np.maximum(D, 0)).mean(1)  # faiss returns squared distances
     else:
         from sklearn.neighbors import NearestNeighbors
         nn = NearestNeighbors(n_neighbors=k, algorithm='brute')
@@ -55,7 +69,7 @@ def main() -> None:
     p.add_argument('--k', type=int, default=3)
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--self', dest='self_', action='store_true', help='query is the bank, self-matches excluded')
-    p.add_argument('--worker', choices=['hyperlatent', 'sklearn'])
+    p.add_argument('--worker', choices=['hyperlatent', 'sklearn', 'faiss'])
     a = p.parse_args()
     if a.worker:
         return worker(a.worker, a.bank, a.query, a.dim, a.k, a.self_)
@@ -65,6 +79,11 @@ def main() -> None:
           f'{"query = bank, self excluded, " if a.self_ else ""}'
           f'float32, CPU, median of {a.repeats} interleaved runs (each in a fresh process)')
     res = {'hyperlatent': [], 'sklearn': []}
+    try:
+        import faiss  # noqa: F401
+        res['faiss'] = []
+    except ImportError:
+        print('  faiss not installed: the faiss-cpu flat-index ratio is skipped')
     for _ in range(a.repeats):  # interleaved, so that a change in machine load hits both methods alike
         for method in res:
             out = subprocess.run([sys.executable, __file__, '--worker', method, '--bank', str(a.bank), '--query',
@@ -83,6 +102,13 @@ def main() -> None:
     pairs = [s['seconds'] / h['seconds'] for h, s in zip(res['hyperlatent'], res['sklearn'])]
     print(f'  speed ratio sklearn / hyperlatent = {ts / th:.2f}x of the medians, median of paired ratios '
           f'{statistics.median(pairs):.2f}x  (>1 means knn_score is faster)')
+    if 'faiss' in res:
+        tf = statistics.median(r['seconds'] for r in res['faiss'])
+        cf = res['faiss'][0]['checksum']
+        print(f'  speed ratio faiss IndexFlatL2 / hyperlatent = {tf / th:.2f}x of the medians (>1 means knn_score is '
+              f'faster); sum of scores faiss {cf:.6f} (relative difference {abs(cf - c1) / abs(c1):.1e})')
+    else:
+        print('  faiss not installed')
     print('  note: timings on a shared machine are noisy; compare ratios from the same run only.')
 
 

@@ -14,11 +14,14 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .detect import BASELINES, auroc, baseline_scores, knn_search
+from ._checks import check_float, check_int
+from .knn import _as_tensor, _check_finite, knn_score, knn_search
+from .metrics import auroc
 
 # %% auto #0
-__all__ = ['REGIME_THRESHOLDS', 'neighborhood_leakage', 'leakage_curve', 'ClassLeakage', 'class_leakage', 'class_split_aurocs',
-           'direction_instability', 'classify_regime', 'AuditResult', 'audit_class_split']
+__all__ = ['BASELINES', 'REGIME_THRESHOLDS', 'baseline_scores', 'neighborhood_leakage', 'leakage_curve', 'ClassLeakage',
+           'class_leakage', 'class_split_aurocs', 'direction_instability', 'classify_regime', 'AuditResult',
+           'audit_class_split']
 
 # %% ../nbs/06_leakage.ipynb #4b5c8191
 def _features(X, name: str = 'X'):
@@ -70,12 +73,44 @@ def _label_codes(y, m: int, name: str = 'y') -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_k(k, m: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f'k must be an int, got {type(k).__name__}')
+    k = check_int(k, 'k')
     if not 1 <= k <= m - 1:
         raise ValueError(f'k must satisfy 1 <= k <= m - 1 = {m - 1} (each sample is excluded from its own '
                          f'neighbours, so at most m - 1 exist), got k = {k} for m = {m} samples')
     return int(k)
+
+# %% ../nbs/06_leakage.ipynb #af67fd3d
+BASELINES = ('knn', 'iforest', 'lof')
+
+
+def baseline_scores(
+    train,  # (n_train, ...) normal training rows (numpy or torch); flattened per row
+    test,  # (n_test, ...) rows to score
+    method: str = 'knn',  # 'knn' | 'iforest' | 'lof'
+    *,
+    seed: int = 0,  # random_state of Isolation Forest (kNN and LOF are deterministic)
+    **kw,  # overrides: `k` for knn; IsolationForest / LocalOutlierFactor constructor arguments
+) -> np.ndarray:  # (n_test,) float64 anomaly scores, higher = more anomalous
+    "Anomaly scores of a classical detector fitted on `train` only."
+    if method not in BASELINES:
+        raise ValueError(f'method must be one of {BASELINES}, got {method!r}')
+    Tr, Te = _as_tensor(train, 'train', 'cpu'), _as_tensor(test, 'test', 'cpu')
+    if Tr.shape[1] != Te.shape[1]:
+        raise ValueError(f'train and test must have the same number of features, got {Tr.shape[1]} and {Te.shape[1]}')
+    _check_finite(Tr, 'train'); _check_finite(Te, 'test')
+    if method == 'knn':
+        k = kw.pop('k', 3)
+        if kw:
+            raise TypeError(f"unexpected keyword arguments for method='knn': {sorted(kw)}")
+        return knn_score(Tr.numpy(), Te.numpy(), k).astype(np.float64)
+    Xtr, Xte = Tr.numpy().astype(np.float64), Te.numpy().astype(np.float64)
+    if method == 'iforest':
+        from sklearn.ensemble import IsolationForest
+        est = IsolationForest(**{'n_estimators': 100, 'max_samples': 'auto', 'random_state': seed, **kw}).fit(Xtr)
+    else:
+        from sklearn.neighbors import LocalOutlierFactor
+        est = LocalOutlierFactor(**{'n_neighbors': 20, **kw, 'novelty': True}).fit(Xtr)
+    return -est.score_samples(Xte).astype(np.float64)
 
 # %% ../nbs/06_leakage.ipynb #b3748308
 def _neighbours(Xf, k: int, chunk_size: int | None) -> np.ndarray:
@@ -256,8 +291,7 @@ def direction_instability(
         raise ValueError(f'aucs must be a non-empty 1-D collection of AUROCs, got shape {a.shape}')
     if not np.isfinite(a).all() or (a < 0).any() or (a > 1).any():
         raise ValueError(f'aucs must be finite values in [0, 1], got {a.tolist()}')
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not 0 <= eps < 0.5:
-        raise ValueError(f'eps must be a number in [0, 0.5), got {eps!r}')
+    eps = check_float(eps, 'eps', 0, 0.5, hi_open=True)
     K = a.size
     chance = np.abs(a - 0.5) <= eps + _BAND_TOL
     votes = np.where(chance, 0, np.sign(a - 0.5)).astype(np.int64)

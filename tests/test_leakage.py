@@ -309,9 +309,11 @@ def test_direction_instability_band_edge_and_containers():
     for bad in ([], [0.3, np.nan], [1.5], [[0.2, 0.3]]):
         with pytest.raises(ValueError):
             direction_instability(bad)
-    for eps in (-0.1, 0.5, True):
+    for eps in (-0.1, 0.5):
         with pytest.raises(ValueError, match='eps'):
             direction_instability([0.3], eps=eps)
+    with pytest.raises(TypeError, match='eps'):  # bools are rejected as a type (hyperlatent._checks.check_float)
+        direction_instability([0.3], eps=True)
 
 
 def test_table1_regimes():
@@ -422,3 +424,15 @@ def test_audit_three_detectors_rates_on_the_1_30_grid():  # spec §12 oracle 15
     for r in ('rho_dir', 'inversion_rate', 'near_chance_rate'):
         assert res.row[r] * 30 == pytest.approx(round(res.row[r] * 30), abs=1e-9)
         assert res.row[r] == pytest.approx(np.mean([res.row[f'{d}/{r}'] for d in ('knn', 'iforest', 'lof')]), abs=1e-15)
+
+
+def test_leakage_imports_only_knn_metrics_checks():
+    "hyperlatent.leakage needs neither the model code nor hyperlatent.detect; detect re-exports its baselines."
+    import subprocess
+    import sys
+    code = ('import sys, hyperlatent.leakage; bad = [m for m in ("hyperlatent.detect", "hyperlatent.vae", '
+            '"hyperlatent.train") if m in sys.modules]; assert not bad, bad')
+    subprocess.run([sys.executable, '-c', code], check=True)
+    import hyperlatent.detect as det
+    import hyperlatent.leakage as lk
+    assert det.baseline_scores is lk.baseline_scores and det.BASELINES is lk.BASELINES
