@@ -19,11 +19,12 @@ from .coords import sphere_project, spherical_cosines, to_cartesian
 # %% auto #0
 __all__ = ['COS_EPS', 'STD_FLOOR', 'BETA_SCALE', 'MEAN_TERM_WEIGHT', 'RADIAL_WEIGHTS', 'RADIAL_SIGMA_STD_TARGET',
            'FIRST_ANGLE_WEIGHT', 'LATE_EPOCH', 'SIGMA_TARGET_SCALE', 'DEFAULT_GAINS', 'VARIANTS', 'GAINS',
-           'REFERENCE_RUN', 'PRESETS', 'DEFAULT_CHANNELS', 'VAEOutput', 'VAE', 'mlp_vae', 'reconstruction_loss',
-           'gaussian_kl', 'prior_cosines', 'angle_weights', 'angular_mu_loss', 'radial_mu_loss', 'angular_sigma_loss',
-           'radial_sigma_loss', 'compression_loss', 'BetaObjective', 'CompressionObjective', 'objective_preset',
-           'ResBlock', 'ResidualEncoder', 'ResidualDecoder', 'residual_vae', 'load_reference_checkpoint', 'IslandPrior',
-           'AggregatePrior', 'island_prior', 'sample_prior', 'image_grid', 'show_images']
+           'REFERENCE_RUN', 'PRESETS', 'DATASET_GAINS', 'DEFAULT_CHANNELS', 'VAEOutput', 'VAE', 'mlp_vae',
+           'reconstruction_loss', 'gaussian_kl', 'prior_cosines', 'angle_weights', 'angular_mu_loss', 'radial_mu_loss',
+           'angular_sigma_loss', 'radial_sigma_loss', 'compression_loss', 'BetaObjective', 'CompressionObjective',
+           'objective_preset', 'dataset_gains', 'ResBlock', 'ResidualEncoder', 'ResidualDecoder', 'residual_vae',
+           'load_reference_checkpoint', 'IslandPrior', 'AggregatePrior', 'island_prior', 'sample_prior', 'image_grid',
+           'show_images']
 
 # %% ../nbs/02_vae.ipynb #e4517503
 class VAEOutput(NamedTuple):
@@ -557,6 +558,29 @@ def objective_preset(
     if name not in PRESETS:
         raise ValueError(f'unknown preset {name!r}; expected one of {sorted(PRESETS)}')
     return CompressionObjective(**{**PRESETS[name], **overrides})
+
+# %% ../nbs/02_vae.ipynb #495f4749
+DATASET_GAINS: dict[str, str] = {  # hyperlatent.data name -> row of GAINS (the authors' names)
+    'digits': 'mnist', 'mnist': 'mnist', 'fashion_mnist': 'fmnist',
+    'cifar10': 'cifar10', 'cifar100': 'cifar10', 'cifar100_coarse': 'cifar10',
+    'imagenette': 'cifar10', 'mars_novelty': 'cifar10', 'galaxy_zoo': 'cifar10',
+}
+
+
+def dataset_gains(
+    name: str,  # a dataset name of `hyperlatent.data.DATASETS` (or one of GAINS' own keys)
+) -> tuple[float, float, float, float]:  # (G_phi_mu, G_r_mu, G_phi_sigma, G_r_sigma)
+    "The compression gains the papers use for dataset `name`; unknown names are an error, never a silent default."
+    if not isinstance(name, str):
+        raise TypeError(f'dataset must be a str, got {type(name).__name__}')
+    from hyperlatent.data import _ALIASES  # the same spellings load_dataset accepts
+    key = name.lower().replace('-', '_')
+    key = _ALIASES.get(key, key)
+    row = DATASET_GAINS.get(key, key if key in GAINS else None)
+    if row is None:
+        raise ValueError(f'no compression gains known for dataset {name!r}; known: {", ".join(sorted(DATASET_GAINS))}. '
+                         f'Pass gains=(G_phi_mu, G_r_mu, G_phi_sigma, G_r_sigma) explicitly.')
+    return GAINS[row]
 
 # %% ../nbs/02_vae.ipynb #417efea4
 class ResBlock(nn.Module):
