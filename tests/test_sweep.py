@@ -113,12 +113,127 @@ def test_ray_missing_gives_install_hint(monkeypatch, tmp_path):
     assert not (tmp_path / 'o').exists()
 
 
+_HOLD = ('import sys, time; from pathlib import Path; from hyperlatent.sweep import _sweep_lock\n'
+         'with _sweep_lock(Path(sys.argv[1])):\n    print("held", flush=True); time.sleep(float(sys.argv[2]))\n')
+
+
 def test_live_sweep_lock_is_respected(tmp_path):
+    # a live process that is not us holds the folder's lock: a second sweep fails at once, naming holder and path,
+    # and neither removes the lock nor runs anything
+    from filelock import FileLock, Timeout
     out = tmp_path / 'o'
     out.mkdir()
-    (out / '.sweep.lock').write_text(str(os.getppid()))  # a live process that is not us
-    with pytest.raises(RuntimeError, match='another sweep'):
-        sw.run_sweep(TINY, {'x': [1]}, out, progress=False)
+    holder = subprocess.Popen([sys.executable, '-c', _HOLD, str(out), '60'], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, 'PYTHONPATH': os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        with pytest.raises(RuntimeError, match='another sweep') as e:
+            sw.run_sweep(TINY, {'x': [1]}, out, progress=False)
+        assert f'pid {holder.pid}' in str(e.value) and str(out / '.sweep.lock') in str(e.value)
+        assert (out / '.sweep.lock.owner').is_file()  # the loser did not delete what the holder owns
+        with pytest.raises(Timeout):  # an independent check: the OS lock is still held by the other process
+            FileLock(out / '.sweep.lock').acquire(timeout=0)
+        assert not list(out.glob('*/params.json'))  # nothing ran
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match=r'waited 1 s'):
+            sw.run_sweep(TINY, {'x': [1]}, out, progress=False, lock_timeout=1)
+        assert time.monotonic() - t0 >= 1
+    finally:
+        holder.kill(); holder.wait()
+    # the holder was SIGKILLed: the OS released its lock, nothing stale is left to take over by hand
+    FileLock(out / '.sweep.lock').acquire(timeout=0)
+
+
+def test_lock_arguments_are_checked(tmp_path):
+    with pytest.raises(ValueError, match='lock_timeout'):
+        sw.run_sweep(TINY, {'x': [1]}, tmp_path / 'o', lock_timeout=-1, progress=False)
+    with pytest.raises(TypeError, match='workers'):
+        sw.run_sweep(TINY, {'x': [1]}, tmp_path / 'o', workers=True, progress=False)
+
+
+def test_two_concurrent_sweeps_run_each_point_exactly_once(tmp_path):
+    ledger = tmp_path / 'ledger.txt'
+    (tmp_path / 'g.yaml').write_text(f'x: [1, 2, 3]\nsleep_s: 0.3\nledger: {ledger}\n')
+    out = tmp_path / 'o'
+    cmd = [str(EXE), 'sweep', str(TINY), '--grid', str(tmp_path / 'g.yaml'), '--out', str(out), '--workers', '2',
+           '--wait', '300', '--no-progress']
+    ps = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in ps]
+    assert [p.returncode for p in ps] == [0, 0], outs
+    xs = sorted(int(l.split(',')[0]) for l in ledger.read_text().splitlines())
+    assert xs == [1, 2, 3]  # every point ran exactly once over both sweeps
+    assert sorted('3 already complete' in o for o, _ in outs) == [False, True]  # the second found all done
+    df = pd.read_csv(out / 'results.csv')
+    assert sorted(df['x']) == [1, 2, 3] and set(df['status']) == {'completed'}
+    assert not (out / '.sweep.lock.owner').exists()
+
+
+def test_edited_notebook_reruns_and_keep_stale(tmp_path):
+    import nbformat
+    nb_path = tmp_path / 'nb.ipynb'
+    nb = nbformat.read(TINY, as_version=4)
+    nbformat.write(nb, nb_path)
+    ledger = tmp_path / 'ledger.txt'
+    grid = {'x': [1, 2], 'ledger': str(ledger)}
+    out = tmp_path / 'o'
+    lines = lambda: len(ledger.read_text().splitlines())
+    first = sw.run_sweep(nb_path, grid, out, progress=False)
+    assert first.ok and len(first.ran) == 2 and lines() == 2
+    # outputs, execution counts and metadata are not code: still complete
+    for c in nb.cells:
+        c.metadata['note'] = 'x'
+        if c.cell_type == 'code': c.execution_count, c.outputs = 3, [nbformat.v4.new_output('stream', text='old')]
+    nbformat.write(nb, nb_path)
+    same = sw.run_sweep(nb_path, grid, out, progress=False)
+    assert same.ran == [] and sorted(same.skipped) == sorted(first.run_ids) and lines() == 2
+    # an edited cell source: every run is stale and runs again
+    nb.cells[3].source += '\n# edited'
+    nbformat.write(nb, nb_path)
+    edited = sw.run_sweep(nb_path, grid, out, progress=False)
+    assert sorted(edited.ran) == sorted(first.run_ids) == sorted(edited.stale) and edited.skipped == []
+    assert edited.ok and lines() == 4
+    h = sw.notebook_hash(nb_path)
+    assert all(sw.read_status(out / r)['notebook_hash'] == h for r in edited.run_ids)
+    # keep_stale: a further edit keeps the completed runs
+    nb.cells[3].source += '\n# edited again'
+    nbformat.write(nb, nb_path)
+    kept = sw.run_sweep(nb_path, grid, out, progress=False, keep_stale=True)
+    assert kept.ran == [] and kept.stale == [] and lines() == 4
+    # a completed run that recorded no hash (an older sweep) is stale too
+    rid = kept.run_ids[0]
+    st = sw.read_status(out / rid); st.pop('notebook_hash')
+    (out / rid / 'status.json').write_text(json.dumps(st))
+    nb.cells[3].source = nb.cells[3].source.removesuffix('\n# edited again')  # back to the version of the runs
+    nbformat.write(nb, nb_path)
+    assert sw.notebook_hash(nb_path) == h
+    legacy = sw.run_sweep(nb_path, grid, out, progress=False)
+    assert legacy.ran == [rid] and legacy.stale == [rid] and legacy.skipped == [kept.run_ids[1]] and lines() == 5
+    assert sw.read_status(out / rid)['notebook_hash'] == h
+
+
+def test_atomic_writes_use_hyperlatent_io(tmp_path):
+    # hyperlatent.io's writer removes temp files left by dead writers; the old private writer did not
+    d = tmp_path / 'r'
+    d.mkdir()
+    stale = [d / '.status.json.999999999.deadbeef.tmp', d / '.results.csv.999999999.deadbeef.tmp']
+    for p in stale: p.write_text('half a file')
+    sw.write_json_atomic(d / 'status.json', {'a': [1, 2], 'b': None})
+    assert json.loads((d / 'status.json').read_text()) == {'a': [1, 2], 'b': None}
+    sw._write_csv_atomic(pd.DataFrame({'x': [1, 2]}), d / 'results.csv')
+    assert pd.read_csv(d / 'results.csv')['x'].tolist() == [1, 2]
+    assert not any(p.exists() for p in stale)
+    assert sorted(p.name for p in d.iterdir()) == ['results.csv', 'status.json']
+
+
+def test_malformed_grid_yaml_names_the_file(tmp_path, capsys):
+    g = tmp_path / 'bad.yaml'
+    g.write_text('x: [1, 2\nscale: 3\n')
+    with pytest.raises(ValueError, match='bad.yaml'):
+        sw.load_grid(g)
+    code = main(['sweep', str(TINY), '--grid', str(g), '--out', str(tmp_path / 'o'), '--no-progress'])
+    err = capsys.readouterr().err
+    assert code == 2 and str(g) in err and 'not valid YAML' in err and 'Traceback' not in err
+    assert not (tmp_path / 'o').exists()
 
 
 # ---------------------------------------------------------------- local engine
