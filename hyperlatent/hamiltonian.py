@@ -13,12 +13,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._checks import check_float, check_int, unit_rows
 from .coords import sample_sphere, sphere_project, spherical_cosines
 
 # %% auto #0
 __all__ = ['overlap_stats', 'overlap_distribution', 'field_direction', 'magnetization', 'chi_m', 'thermal_overlap',
-           'nested_order', 'block_spin_flow', 'PhaseThresholds', 'count_modes', 'classify_phase', 'locate_edge',
-           'LatentHamiltonian', 'GibbsSamples', 'sample_gibbs_sphere', 'PSpinHamiltonian', 'local_minima', 'ruggedness']
+           'nested_order', 'block_spin_flow', 'PhaseThresholds', 'count_modes', 'gaussian_reference', 'classify_phase',
+           'locate_edge', 'LatentHamiltonian', 'GibbsSamples', 'sample_gibbs_sphere', 'PSpinHamiltonian',
+           'local_minima', 'ruggedness']
 
 # %% ../nbs/05_hamiltonian.ipynb #dc8fb34b
 def _as_latents(z, name: str = 'z', min_rows: int = 2) -> Tensor:
@@ -38,12 +40,7 @@ def _as_latents(z, name: str = 'z', min_rows: int = 2) -> Tensor:
 
 def _unit(z: Tensor, name: str = 'z') -> Tensor:
     "Rows of `z` projected to the unit sphere, in float64; zero rows are an error (no direction)."
-    z64 = z.detach().to(torch.float64)
-    norms = z64.norm(dim=-1)
-    if bool((norms == 0).any()):
-        bad = int((norms == 0).nonzero()[0, 0])
-        raise ValueError(f'{name} has an all-zero row (index {bad}); a zero latent has no direction on the sphere')
-    return sphere_project(z64, 1.0)
+    return unit_rows(z.detach().to(torch.float64), zero='raise', name=name)
 
 
 def _as_labels(labels, n: int, device) -> Tensor | None:
@@ -62,9 +59,8 @@ def _as_labels(labels, n: int, device) -> Tensor | None:
 
 
 def _check_pos_int(v, name: str, minimum: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-        raise ValueError(f'{name} must be an int >= {minimum}, got {v!r}')
-    return int(v)
+    "An int >= `minimum` (bools rejected): `hyperlatent._checks.check_int`."
+    return check_int(v, name, lo=minimum)
 
 # %% ../nbs/05_hamiltonian.ipynb #5cd0d87d
 def _moment_sums(u: Tensor, chunk: int = 8192) -> tuple[int, float, float]:
@@ -351,12 +347,14 @@ def block_spin_flow(
 # %% ../nbs/05_hamiltonian.ipynb #d983953b
 @dataclass(frozen=True)
 class PhaseThresholds:
-    "Decision thresholds of `classify_phase` (spec §6, calibrated on the reference systems of spec §11)."
+    "Decision thresholds of `classify_phase` (rationale in the notebook text above the rules table)."
     disordered_mean: float = 0.05  # |E[R]| above this is reported as weakly magnetised
-    chi_disordered: float = 2.0  # chi_ovl at most this (with E[R] < edge_mean, unimodal): disordered
+    chi_norm_disordered: float = 2.0  # disordered needs chi_norm = chi_ovl / chi_gauss at most this
+    chi_norm_edge: float = 1.0  # magnetised unimodal set: chi_norm above this is edge, else ordered (one island)
+    flow_disordered: float = 0.25  # disordered needs the block-flow exponent x at least this (1/2 disordered, 0 ordered)
     edge_mean: float = 0.2  # lower end of the semi-ordered E[R] band
     ordered_mean: float = 0.8  # E[R] above this (unimodal): ordered
-    chi_multi: float = 2.0  # multimodal P(R) with chi_ovl at least this: edge (multi-island)
+    chi_multi: float = 2.0  # excess modes of P(R) count as multi-island only with chi_ovl at least this
     peak_prominence: float = 0.1  # a mode counts if its prominence is >= this fraction of the max density
     smooth_bins: float = 2.0  # Gaussian smoothing of P(R), in bins
 
@@ -381,6 +379,31 @@ def count_modes(
     return int(len(peaks))
 
 
+def gaussian_reference(
+    z,  # (n, d) latents; rows are projected to the unit sphere
+    *,
+    n_reference: int = 2000,  # size of the covariance-matched Gaussian sample (for its P(R))
+    seed: int = 0,  # seed of the reference sample (a private generator)
+    bins: int = 201,  # histogram bins of the reference P(R)
+) -> dict:  # cov (d, d), participation_ratio, chi_gauss (closed form), sample (n_reference, d), density (bins,)
+    "Covariance-matched centred Gaussian reference: chi_gauss = d tr(S^2)/tr(S)^2 with S = Cov(u), and a seeded sample."
+    u = _unit(_as_latents(z))
+    n_reference = check_int(n_reference, 'n_reference', lo=2)
+    seed = check_int(seed, 'seed', lo=0)
+    n, d = u.shape
+    S = torch.cov(u.T).reshape(d, d)
+    tr, tr2 = float(torch.trace(S)), float((S * S).sum())
+    if not tr > 1e-300:  # all rows identical: no fluctuations, no reference
+        return dict(cov=S, participation_ratio=float('nan'), chi_gauss=float('nan'), sample=None, density=None)
+    w, V = torch.linalg.eigh(S)
+    L = V * w.clamp_min(0).sqrt()
+    g = torch.Generator(device=u.device).manual_seed(seed)
+    x = torch.randn(n_reference, d, generator=g, dtype=torch.float64, device=u.device) @ L.T
+    keep = x.norm(dim=-1) > 0
+    dens = overlap_distribution(x[keep], bins)['density'] if int(keep.sum()) >= 2 else None
+    return dict(cov=S, participation_ratio=tr * tr / tr2, chi_gauss=d * tr2 / (tr * tr), sample=x, density=dens)
+
+
 def classify_phase(
     z,  # (n, d) latents (held-out means); projected to the sphere, never centred
     *,
@@ -388,8 +411,10 @@ def classify_phase(
     generator: torch.Generator | None = None,  # for the random-pair estimates
     thresholds: PhaseThresholds | None = None,  # decision thresholds (default: PhaseThresholds())
     bins: int = 201,  # histogram bins for the multimodality check
-) -> dict:  # phase ('disordered' | 'edge' | 'ordered'), reason, and the evidence
-    "Label a latent set disordered / edge / ordered from E[R], chi_ovl, the modes of P(R) and the block flow."
+    n_reference: int = 2000,  # points of the covariance-matched Gaussian reference
+    reference_seed: int = 0,  # its seed (private generator; `generator` is not consumed)
+) -> dict:  # phase ('disordered' | 'edge' | 'ordered'), reason, and the evidence (incl. chi_norm, flow_exponent)
+    "Label a latent set disordered / edge / ordered from E[R], chi_norm = chi_ovl/chi_gauss, the modes of P(R) and the block flow."
     th = PhaseThresholds() if thresholds is None else thresholds
     if not isinstance(th, PhaseThresholds):
         raise TypeError(f'thresholds must be a PhaseThresholds, got {type(th).__name__}')
@@ -400,23 +425,39 @@ def classify_phase(
         generator.set_state(gen_state)  # histogram from the same random pairs as the moments
     hist = overlap_distribution(z, bins, max_pairs=max_pairs, generator=generator)
     modes = count_modes(hist['density'], prominence=th.peak_prominence, smooth_bins=th.smooth_bins)
+    ref = gaussian_reference(z, n_reference=n_reference, seed=reference_seed, bins=bins)
+    ref_modes = 1 if ref['density'] is None else count_modes(ref['density'], prominence=th.peak_prominence,
+                                                             smooth_bins=th.smooth_bins)
     flow = block_spin_flow(z) if z.shape[1] >= 6 else dict(x=float('nan'))
-    mean, chi = st['mean'], st['chi_ovl']
+    mean, chi, x = st['mean'], st['chi_ovl'], flow['x']
+    chi_gauss = ref['chi_gauss']
+    chi_norm = chi / chi_gauss if math.isfinite(chi_gauss) else float('nan')
     multimodal = modes >= 2
-    if multimodal and chi >= th.chi_multi:
-        phase, reason = 'edge', f'multimodal P(R) ({modes} modes) with chi_ovl {chi:.3g} >= {th.chi_multi}: multi-island'
+    if modes > ref_modes and chi >= th.chi_multi:
+        phase, reason = 'edge', (f'P(R) has {modes} modes, its covariance-matched Gaussian {ref_modes}, '
+                                 f'chi_ovl {chi:.3g} >= {th.chi_multi}: multi-island')
     elif mean > th.ordered_mean:
         phase, reason = 'ordered', f'E[R] {mean:.3g} > {th.ordered_mean}: collapsed island'
     elif mean >= th.edge_mean:
-        phase, reason = 'edge', f'E[R] {mean:.3g} in the semi-ordered band [{th.edge_mean}, {th.ordered_mean}]'
-    elif chi <= th.chi_disordered:
-        phase, reason = 'disordered', f'E[R] {mean:.3g} < {th.edge_mean} and chi_ovl {chi:.3g} <= {th.chi_disordered}'
+        if chi_norm > th.chi_norm_edge:
+            phase, reason = 'edge', (f'E[R] {mean:.3g} in [{th.edge_mean}, {th.ordered_mean}] with chi_norm {chi_norm:.3g} '
+                                     f'> {th.chi_norm_edge}: fluctuations above the Gaussian level')
+        else:
+            phase, reason = 'ordered', (f'E[R] {mean:.3g} in [{th.edge_mean}, {th.ordered_mean}] with chi_norm '
+                                        f'{chi_norm:.3g} <= {th.chi_norm_edge}: one confined island')
+    elif not chi_norm > th.chi_norm_disordered and not x < th.flow_disordered:  # NaN x (d < 6) does not veto
+        phase, reason = 'disordered', (f'E[R] {mean:.3g} < {th.edge_mean}, chi_norm {chi_norm:.3g} <= '
+                                       f'{th.chi_norm_disordered} (chi_ovl {chi:.3g}, chi_gauss {chi_gauss:.3g}), flow x {x:.3g}')
+    elif x < th.flow_disordered:
+        phase, reason = 'ordered', f'E[R] {mean:.3g} small but flow exponent {x:.3g} < {th.flow_disordered}: block order'
     else:
-        phase, reason = 'edge', f'E[R] {mean:.3g} small but chi_ovl {chi:.3g} > {th.chi_disordered}: broad P(R)'
+        phase, reason = 'edge', (f'E[R] {mean:.3g} small but chi_norm {chi_norm:.3g} > {th.chi_norm_disordered}: '
+                                 'broad P(R) beyond the Gaussian reference')
     mass_above = float(hist['counts'][hist['centers'] > 0.3].sum()) / max(hist['n_pairs'], 1)
     return dict(phase=phase, reason=reason, mean=mean, chi_ovl=chi, chi_sg=st['chi_sg'], angle=st['angle'],
-                n_modes=modes, multimodal=multimodal, mass_above_0_3=mass_above, flow_exponent=flow['x'],
-                weakly_magnetised=phase == 'disordered' and abs(mean) > th.disordered_mean,
+                chi_gauss=chi_gauss, chi_norm=chi_norm, participation_ratio=ref['participation_ratio'],
+                n_modes=modes, n_modes_reference=ref_modes, multimodal=multimodal, mass_above_0_3=mass_above,
+                flow_exponent=x, weakly_magnetised=phase == 'disordered' and abs(mean) > th.disordered_mean,
                 n_pairs=st['n_pairs'], exact=st['exact'], thresholds=asdict(th))
 
 
@@ -467,9 +508,8 @@ class LatentHamiltonian:
             raise TypeError(f'decoder must be callable (latent -> output), got {type(decoder).__name__}')
         if not isinstance(x, Tensor) or not x.is_floating_point():
             raise TypeError(f'x must be a floating torch.Tensor (one data point), got {type(x).__name__}')
-        for name, v, lo in [('field_strength', field_strength, None), ('noise_scale', noise_scale, 0.0)]:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (lo is not None and v <= lo):
-                raise ValueError(f'{name} must be a finite number{" > 0" if lo is not None else ""}, got {v!r}')
+        field_strength = check_float(field_strength, 'field_strength')
+        noise_scale = check_float(noise_scale, 'noise_scale', lo=0.0, lo_open=True)
         if field is not None and not (isinstance(field, str) and field == 'angular'):
             if isinstance(field, str) and field not in ('full', 'half'):
                 raise ValueError(f"field must be None, 'full', 'half', 'angular' or a (d,) tensor, got {field!r}")
@@ -552,11 +592,9 @@ def sample_gibbs_sphere(
     n_burn = n_steps // 2 if n_burn is None else _check_pos_int(n_burn, 'n_burn', 0)
     if n_burn >= n_steps:
         raise ValueError(f'n_burn must be < n_steps = {n_steps}, got {n_burn}')
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (0 < temperature < math.inf):
-        raise ValueError(f'temperature must be a finite number > 0, got {temperature!r}')
-    if step_size is not None and (isinstance(step_size, bool) or not isinstance(step_size, (int, float))
-                                  or not (0 < step_size < math.inf)):
-        raise ValueError(f'step_size must be None or a finite number > 0, got {step_size!r}')
+    temperature = check_float(temperature, 'temperature', lo=0.0, lo_open=True)
+    if step_size is not None:
+        step_size = check_float(step_size, 'step_size', lo=0.0, lo_open=True)
     if not (0 < target_accept < 1):
         raise ValueError(f'target_accept must be in (0, 1), got {target_accept!r}')
     if init is not None:

@@ -9,7 +9,7 @@ from scipy import integrate, special, stats
 
 from hyperlatent.coords import sample_sphere
 from hyperlatent.hamiltonian import (LatentHamiltonian, PSpinHamiltonian, PhaseThresholds, block_spin_flow, chi_m,
-                                     classify_phase, count_modes, field_direction, local_minima, locate_edge,
+                                     classify_phase, count_modes, field_direction, gaussian_reference, local_minima, locate_edge,
                                      magnetization, nested_order, overlap_distribution, overlap_stats,
                                      ruggedness, sample_gibbs_sphere, thermal_overlap)
 
@@ -265,12 +265,17 @@ def test_phase_labeller_o12():
     assert 0.05 < c['mass_above_0_3'] < 0.15
 
 
-@pytest.mark.parametrize('kappa,expected', [(20.0, 'disordered'), (128.0, 'edge'), (512.0, 'edge'), (4096.0, 'ordered')])
+@pytest.mark.parametrize('kappa,expected', [(20.0, 'disordered'), (128.0, 'ordered'), (512.0, 'ordered'), (4096.0, 'ordered')])
 def test_phase_labels_along_a_vmf_field(kappa, expected):
-    "The E[R] bands of spec §6 along a single-island field: E[R] = A^2 = 0.02, 0.38, 0.78, 0.97."
+    """A single vMF island (E[R] = A^2 = 0.02, 0.38, 0.78, 0.97) is a paramagnet in a field: disordered when the
+    field is weak, otherwise ordered (spec §5.2: its chi_ovl falls monotonically with the field, no edge).
+    The old rule called kappa = 128 and 512 'edge' from the E[R] band alone; chi_norm < 1 here."""
     d = 128
     X = vmf(field_direction('full', d).numpy(), kappa, 1500, 13)
-    assert classify_phase(X)['phase'] == expected
+    c = classify_phase(X)
+    assert c['phase'] == expected
+    if kappa > 100:
+        assert c['chi_norm'] < 1  # confinement: fluctuations below those of the covariance-matched Gaussian
 
 
 def test_count_modes_and_locate_edge():
@@ -447,3 +452,77 @@ def test_latent_hamiltonian_of_a_vae_decoder_and_its_ruggedness():
     assert rg['n_minima'][0] >= 1 and rg['n_minima'][1] == 1 and rg['n_converged'][1] >= 10
     res = local_minima(H.at_field(200.0), 6, n_starts=4, n_steps=1500, generator=torch.Generator().manual_seed(4))
     assert float(res['minima'][0, 0]) / math.sqrt(6) > 0.99  # aligned with e_1
+
+
+# ----------------------------------------------------------------------------- chi_norm and the Gaussian reference
+
+def _g(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_gaussian_reference_closed_form_matches_sampling():
+    "chi_gauss = d tr(S^2)/tr(S)^2 (closed form) against chi_ovl of a large sample of N(0, S) (second route)."
+    d = 64
+    lam = torch.linspace(0.2, 3.0, d, dtype=torch.float64) ** 3  # strongly anisotropic spectrum
+    z = torch.randn(4000, d, generator=_g(1), dtype=torch.float64) * lam.sqrt()
+    ref = gaussian_reference(z, n_reference=4000, seed=3)
+    S = ref['cov']
+    test_pr = float(torch.trace(S)) ** 2 / float((S * S).sum())
+    assert abs(ref['participation_ratio'] - test_pr) < 1e-9 and abs(ref['chi_gauss'] - d / test_pr) < 1e-9
+    sampled = overlap_stats(ref['sample'])['chi_ovl']
+    assert abs(sampled / ref['chi_gauss'] - 1) < 0.08
+    a, b = gaussian_reference(z, seed=5), gaussian_reference(z, seed=5)
+    assert torch.equal(a['sample'], b['sample'])
+    with pytest.raises(ValueError, match='n_reference'):
+        gaussian_reference(z, n_reference=1)
+    with pytest.raises(TypeError, match='seed'):
+        gaussian_reference(z, seed=True)
+
+
+def test_low_rank_gaussian_is_disordered():
+    "Rank-10 centred isotropic Gaussian in d = 128: chi_ovl = d/10 = 12.8 (old rule: 'edge'), chi_norm = 1."
+    d, r = 128, 10
+    Q, _ = torch.linalg.qr(torch.randn(d, r, generator=_g(1), dtype=torch.float64))
+    z = torch.randn(3000, r, generator=_g(2), dtype=torch.float64) @ Q.T
+    c = classify_phase(z)
+    assert c['phase'] == 'disordered', c['reason']
+    assert abs(c['chi_ovl'] - d / r) < 0.1 * d / r  # exact: Var R = 1/r on S^{r-1}
+    assert abs(c['chi_norm'] - 1) < 0.05 and abs(c['participation_ratio'] - r) < 0.5
+    assert abs(c['flow_exponent'] - 0.5) < 0.15 and 'chi_ovl' in c and 'flow_exponent' in c
+    # a coordinate-aligned collapse (only 10 active units) and a rank-2 Gaussian (arcsine P(R), two end modes)
+    za = torch.zeros(3000, d, dtype=torch.float64)
+    za[:, :r] = torch.randn(3000, r, generator=_g(3), dtype=torch.float64)
+    assert classify_phase(za)['phase'] == 'disordered'
+    z2 = torch.randn(3000, 2, generator=_g(4), dtype=torch.float64) @ Q[:, :2].T
+    c2 = classify_phase(z2)
+    assert c2['phase'] == 'disordered' and c2['n_modes'] == c2['n_modes_reference'] == 2
+
+
+def test_full_rank_gaussian_is_disordered():
+    z = torch.randn(3000, 128, generator=_g(5), dtype=torch.float64)
+    c = classify_phase(z)
+    assert c['phase'] == 'disordered' and abs(c['chi_ovl'] - 1) < 0.1 and abs(c['chi_norm'] - 1) < 0.1
+    assert abs(c['flow_exponent'] - 0.5) < 0.05
+
+
+def test_one_island_is_ordered():
+    "All points near one random direction plus small isotropic noise (E[R] ~ 0.76 at d = 128): ordered."
+    d = 128
+    m = torch.randn(d, generator=_g(6), dtype=torch.float64)
+    z = m / m.norm() + 0.05 * torch.randn(3000, d, generator=_g(7), dtype=torch.float64)
+    c = classify_phase(z)
+    A2 = 1 / (1 + 0.05 ** 2 * d)  # |m|^2 / (|m|^2 + |noise|^2)
+    assert abs(c['mean'] - A2) < 0.02
+    assert c['phase'] == 'ordered', c['reason']
+    assert c['chi_norm'] < 0.5 and c['chi_ovl'] < 1  # confined: below the covariance-matched Gaussian
+
+
+@pytest.mark.parametrize('K', [5, 8, 10])
+def test_several_islands_are_edge(K):
+    "K well-separated islands on the sphere with moderate spread: P(R) has an intra-island mode; edge."
+    d = 128
+    C = torch.nn.functional.normalize(torch.randn(K, d, generator=_g(8 + K), dtype=torch.float64), dim=1)
+    z = (C[:, None] + 0.04 * torch.randn(K, 3000 // K, d, generator=_g(20 + K), dtype=torch.float64)).reshape(-1, d)
+    c = classify_phase(z)
+    assert c['phase'] == 'edge', c['reason']
+    assert c['n_modes'] >= 2 and c['n_modes_reference'] == 1
