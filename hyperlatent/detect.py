@@ -54,9 +54,12 @@ class LatentBank:
     labels: Tensor | None = None  # (n,) class labels (conditional models) or None
 
 
+from ._checks import unit_rows
+
+
 def _unit(v: Tensor) -> Tensor:
-    n = v.norm(dim=1, keepdim=True)
-    return torch.where(n > 0, v / torch.where(n > 0, n, torch.ones_like(n)), torch.zeros_like(v))
+    "Unit rows; a zero row stays zero (it adds nothing to a class centre) and a non-finite row gives NaN, never a finite cosine."
+    return unit_rows(v, zero='zero')
 
 
 def _centers(bank: LatentBank, conditional: bool) -> Tensor:

@@ -170,3 +170,15 @@ _COMPRESSION_XFAIL = {
                                       batch_size=16)], expected_failed_checks=lambda est: _COMPRESSION_XFAIL)
 def test_sklearn_estimator_checks_compression(estimator, check):
     check(estimator)
+
+
+def test_angular_score_of_a_nan_latent_is_nan_not_finite():
+    # issue: the 'angular' score was a finite 1.0 for a NaN image (the zero-row rule turned NaN rows into 0)
+    from hyperlatent.detect import _unit
+    v = torch.tensor([[3.0, 4.0], [0.0, 0.0], [float('nan'), 1.0], [float('inf'), 0.0]])
+    u = _unit(v)
+    assert torch.equal(u[0], torch.tensor([0.6, 0.8])) and torch.equal(u[1], torch.zeros(2))
+    assert torch.isnan(u[2]).all() and torch.isnan(u[3]).all()
+    centers = _unit(torch.tensor([[1.0, 0.0]]))
+    cos = (_unit(v) @ centers.T).squeeze(1)
+    assert torch.isnan(cos[2]) and torch.isnan(cos[3]) and cos[0] == 0.6
