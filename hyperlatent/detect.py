@@ -395,9 +395,12 @@ def cross_dataset_protocol(train, test, ood, models, **kw) -> ProtocolResult:
 # %% ../nbs/04b_detect.ipynb #5acf96ac
 from sklearn.base import BaseEstimator
 
+from ._checks import check_choice, check_float, check_int
+
 
 class VAEDetector(BaseEstimator):
     "VAE-based anomaly detector with a PyOD-style API: higher `decision_function` = more anomalous; `predict` -> 1 = outlier."
+    _estimator_type = 'outlier_detector'  # old scikit-learn spelling; the tags below are what scikit-learn >= 1.6 reads
 
     def __init__(
         self,
@@ -413,39 +416,58 @@ class VAEDetector(BaseEstimator):
         contamination: float = 0.1,  # expected outlier fraction in the training data, in (0, 0.5]
         device: str = 'cpu',  # training/scoring device
         random_state: int = 0,  # seed of initialisation, data order and noise
+        verbose: int = 0,  # 0: quiet; 1: tqdm progress bars of `hyperlatent.train.fit`
+        use_labels: bool | None = None,  # None: use y only for class-axis objectives ('full', 'vmf'); False: ignore y; True: require y
+        preprocessing: bool = True,  # True: min-max scale features on the training data; False: use the inputs as they are
     ):
         self.latent_dim, self.objective, self.anomaly_score, self.k, self.hidden = latent_dim, objective, anomaly_score, k, hidden
         self.epochs, self.batch_size, self.lr, self.beta = epochs, batch_size, lr, beta
         self.contamination, self.device, self.random_state = contamination, device, random_state
+        self.verbose, self.use_labels, self.preprocessing = verbose, use_labels, preprocessing
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.estimator_type = 'outlier_detector'
+        return tags
 
     def _validate_params(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f'objective must be one of {OBJECTIVES}, got {self.objective!r}')
-        if self.anomaly_score not in MODEL_SCORES:
-            raise ValueError(f'anomaly_score must be one of {MODEL_SCORES}, got {self.anomaly_score!r}')
-        if not (isinstance(self.contamination, (int, float)) and 0 < self.contamination <= 0.5):
-            raise ValueError(f'contamination must be in (0, 0.5], got {self.contamination!r}')
+        check_choice(self.objective, 'objective', OBJECTIVES)
+        check_choice(self.anomaly_score, 'anomaly_score', MODEL_SCORES)
+        check_float(self.contamination, 'contamination', 0, 0.5, lo_open=True)
+        check_int(self.latent_dim, 'latent_dim', 1)
         if self.objective != 'beta' and self.latent_dim < 3:
             raise ValueError(f'compression objectives need latent_dim >= 3, got {self.latent_dim}')
+        check_int(self.verbose, 'verbose', 0, 1)
+        check_choice(self.use_labels, 'use_labels', (None, False, True))
+        check_choice(self.preprocessing, 'preprocessing', (False, True))
 
     def _scale(self, X: np.ndarray) -> Tensor:
         return torch.from_numpy(((X - self.data_min_) / self.data_scale_).astype(np.float32))
 
     def fit(self, X, y=None):
-        "Train on the rows of X (normal data). With `y` and objective 'full'/'vmf': per-class axes."
+        """Train on the rows of X (normal data). Labels `y` are used only when `use_labels` says so: None (default) uses
+        them for the class-axis objectives 'full'/'vmf' and ignores them otherwise (e.g. with 'beta'); False always
+        ignores them; True requires them (ValueError if `y` is None) and trains per-class axes."""
         from sklearn.utils.validation import validate_data
         self._validate_params()
+        if self.use_labels is True and y is None:
+            raise ValueError('use_labels=True needs the class labels: pass fit(X, y)')
+        if self.use_labels is True and self.objective not in ('full', 'vmf'):
+            raise ValueError(f"use_labels=True needs a class-axis objective ('full' or 'vmf'), got objective={self.objective!r}")
         if y is None:
             X = validate_data(self, X, dtype=np.float64)
         else:
             X, y = validate_data(self, X, y, dtype=np.float64)
         if X.shape[0] < 4:
             raise ValueError(f'VAEDetector needs at least 4 training rows, got n_samples={X.shape[0]}')
-        self.data_min_ = X.min(0)
-        rng = X.max(0) - self.data_min_
-        self.data_scale_ = np.where(rng > 0, rng, 1.0)
+        if self.preprocessing:
+            self.data_min_ = X.min(0)
+            rng = X.max(0) - self.data_min_
+            self.data_scale_ = np.where(rng > 0, rng, 1.0)
+        else:
+            self.data_min_, self.data_scale_ = np.zeros(X.shape[1]), np.ones(X.shape[1])
         Xs = self._scale(X)
-        cond = y is not None and self.objective in ('full', 'vmf')
+        cond = y is not None and self.use_labels is not False and self.objective in ('full', 'vmf')
         if cond:
             self.classes_, yi = np.unique(y, return_inverse=True)
             if np.bincount(yi).min() < 2:
@@ -460,14 +482,23 @@ class VAEDetector(BaseEstimator):
         bs = int(min(self.batch_size, len(Xs)))
         if cond:
             bs = max(bs - bs % len(self.classes_), 2 * len(self.classes_))
-        trainer = vae_trainer(self.objective, latent_dim=self.latent_dim, hidden=tuple(self.hidden), epochs=self.epochs,
-                              batch_size=bs, lr=self.lr, beta=self.beta, device=self.device)
-        self.fitted_ = trainer(data, self.random_state, cond)
+        # what `vae_trainer` does, with the progress flag passed on
+        n_classes = len(self.classes_) if cond else None
+        obj = make_objective(self.objective, self.latent_dim, conditional=cond, n_classes=n_classes)
+        torch.manual_seed(self.random_state)
+        model = build_vae(data.x.shape[1:], self.latent_dim, project=self.objective != 'beta', hidden=tuple(self.hidden))
+        res = fit(model, data if cond else data.x, obj, epochs=self.epochs, batch_size=bs, lr=self.lr, beta=self.beta,
+                  device=self.device, seed=self.random_state, progress=bool(self.verbose), conditional=cond)
+        self.fitted_ = FittedModel(res.model, obj, res.beta, cond, res.history)
         self.bank_ = encode_bank(self.fitted_, data)
         self.decision_scores_ = self._scores(Xs, train=True)
-        self.threshold_ = float(np.quantile(self.decision_scores_, 1 - self.contamination))
-        self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
+        self._set_threshold()
         return self
+
+    def _set_threshold(self) -> None:
+        "PyOD's `_process_decision_scores`: threshold at the 100 (1 - contamination) percentile of the training scores, and labels_."
+        self.threshold_ = float(np.percentile(self.decision_scores_, 100 * (1 - self.contamination)))
+        self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
 
     def _scores(self, Xs: Tensor, train: bool = False) -> np.ndarray:
         if self.anomaly_score == 'knn':
@@ -486,9 +517,54 @@ class VAEDetector(BaseEstimator):
         X = validate_data(self, X, dtype=np.float64, reset=False)
         return self._scores(self._scale(X))
 
-    def predict(self, X) -> np.ndarray:
-        "(n,) 1 = outlier (score above the contamination threshold), 0 = inlier."
-        return (self.decision_function(X) > self.threshold_).astype(np.int64)
+    def predict(self, X, return_confidence: bool = False):
+        "(n,) 1 = outlier (score above the contamination threshold), 0 = inlier; with `return_confidence`: (labels, confidence)."
+        check_choice(return_confidence, 'return_confidence', (False, True))
+        s = self.decision_function(X)
+        pred = (s > self.threshold_).astype(np.int64)
+        return (pred, self._confidence(s)) if return_confidence else pred
+
+    def predict_proba(self, X, method: str = 'linear', return_confidence: bool = False):
+        """(n, 2) [P(inlier), P(outlier)] as in PyOD: 'linear' min-max scales the scores with the training scores'
+        range (clipped to [0, 1]); 'unify' is erf((s - mean) / (std sqrt 2)) of the training scores, clipped at 0."""
+        check_choice(method, 'method', ('linear', 'unify'))
+        check_choice(return_confidence, 'return_confidence', (False, True))
+        s = self.decision_function(X)
+        tr = self.decision_scores_
+        if method == 'linear':
+            lo, hi = float(tr.min()), float(tr.max())
+            p = np.clip((s - lo) / (hi - lo if hi > lo else 1.0), 0, 1)  # MinMaxScaler: a zero range scales by 1
+        else:
+            from scipy.special import erf
+            p = np.clip(erf((s - tr.mean()) / (tr.std() * np.sqrt(2))), 0, 1) if tr.std() > 0 else (s > tr.mean()).astype(np.float64)
+        proba = np.column_stack([1 - p, p])
+        return (proba, self._confidence(s)) if return_confidence else proba
+
+    def _confidence(self, s: np.ndarray) -> np.ndarray:
+        "ExCeeD (Perini et al. 2020), as PyOD's `predict_confidence`."
+        from scipy.stats import binom
+        tr = np.sort(self.decision_scores_)
+        n = len(tr)
+        count = np.searchsorted(tr, s, side='right')  # number of training scores <= s
+        post = (1 + count) / (2 + n)
+        conf = 1 - binom.cdf(n - int(n * self.contamination), n, post)
+        pred = s > self.threshold_
+        return np.where(pred, conf, 1 - conf).astype(np.float64)
+
+    def predict_confidence(self, X) -> np.ndarray:
+        "(n,) confidence in [0, 1] of each `predict` label (ExCeeD, Perini et al. 2020, as PyOD)."
+        return self._confidence(self.decision_function(X))
+
+    def predict_with_rejection(self, X, T: float = 32, return_stats: bool = False, delta: float = 0.1, c_fp: float = 1,
+                               c_fn: float = 1, c_r: float = -1):
+        "(n,) `predict` labels with -1 (rejected) where the confidence is below 1 - 2 exp(-T) (PyOD's rule)."
+        check_float(T, 'T', 0, lo_open=True)
+        if return_stats:
+            raise NotImplementedError('predict_with_rejection(return_stats=True) is not implemented; use return_stats=False')
+        s = self.decision_function(X)
+        pred = (s > self.threshold_).astype(np.int64)
+        pred[self._confidence(s) < 1 - 2 * np.exp(-T)] = -1
+        return pred
 
     def fit_predict(self, X, y=None) -> np.ndarray:
         "Fit, then the training rows' labels `labels_` (scored without their own match, as the threshold was)."
@@ -518,8 +594,8 @@ class VAEDetector(BaseEstimator):
         det = cls(**params)
         det.n_features_in_ = st['n_features_in_']
         det.data_min_, det.data_scale_ = st['data_min_'].numpy(), st['data_scale_'].numpy()
-        det.threshold_ = st['threshold_']
         det.decision_scores_ = st['decision_scores_'].numpy()
+        det.threshold_ = st['threshold_']
         det.labels_ = (det.decision_scores_ > det.threshold_).astype(np.int64)
         obj = make_objective(det.objective, det.latent_dim, conditional=st['conditional'], n_classes=st['n_classes'])
         model = build_vae((det.n_features_in_,), det.latent_dim, project=det.objective != 'beta', hidden=det.hidden)
