@@ -129,3 +129,67 @@ def test_run_twice_into_one_out_never_mixes_runs(tmp_path, capsys):
     (prev,) = tmp_path.glob('r.previous-*')
     assert {n: (prev / n).read_bytes() for n in first} == first
     assert json.loads((prev / 'metrics.json').read_text())['y'] == 3 * 1.0  # x * scale of the first run
+
+
+# ---------------------------------------------------------------- run --list-params, live output, report on one run
+import nbformat
+
+
+def _write_nb(path, params_src, body_src):
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell(params_src); p.metadata['tags'] = ['parameters']
+    nb.cells = [p, nbformat.v4.new_code_cell(body_src)]
+    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_run_list_params_prints_table_without_running(tmp_path, capsys):
+    nb = _write_nb(tmp_path / 'p.ipynb',
+                   "lr = 1e-3  # learning rate\nhidden: list = [64, 32]  # layer widths\nname = 'abc'\n"
+                   "flag = True\noutput_dir = '.'",
+                   "open('ran.txt', 'w').write('x')")
+    assert main(['run', str(nb), '--list-params']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ['name', 'type', 'default', 'comment']
+    rows = {l.split()[0]: l for l in lines[1:]}
+    assert list(rows) == ['lr', 'hidden', 'name', 'flag', 'output_dir']
+    assert rows['lr'].split() == ['lr', 'float', '0.001', 'learning', 'rate']
+    assert rows['hidden'].split() == ['hidden', 'list', '[64,', '32]', 'layer', 'widths']
+    assert rows['name'].split() == ['name', 'str', "'abc'"]
+    assert rows['flag'].split() == ['flag', 'bool', 'True']
+    assert not (tmp_path / 'ran.txt').exists() and not Path('ran.txt').exists()
+    # --out is still required for a real run
+    assert main(['run', str(nb)]) == 2
+    assert '--out' in capsys.readouterr().err
+
+
+def test_run_streams_notebook_output_unless_quiet(tmp_path):
+    nb = _write_nb(tmp_path / 'loud.ipynb', "output_dir = '.'",
+                   "import sys\nprint('MARKER_OUT_7341')\nprint('MARKER_ERR_1943', file=sys.stderr)")
+    exe = Path(sys.executable).parent / 'hyperlatent'
+    loud = subprocess.run([str(exe), 'run', str(nb), '--out', str(tmp_path / 'a')], capture_output=True, text=True)
+    assert loud.returncode == 0, loud.stderr
+    assert 'MARKER_OUT_7341' in loud.stderr and 'MARKER_ERR_1943' in loud.stderr
+    quiet = subprocess.run([str(exe), 'run', str(nb), '--quiet', '--out', str(tmp_path / 'b')],
+                           capture_output=True, text=True)
+    assert quiet.returncode == 0, quiet.stderr
+    assert 'MARKER' not in quiet.stderr and 'MARKER' not in quiet.stdout
+    for d in ('a', 'b'):  # run.log has the notebook's output either way
+        log = (tmp_path / d / 'run.log').read_text()
+        assert 'MARKER_OUT_7341' in log and 'MARKER_ERR_1943' in log
+
+
+def test_report_on_single_run_directory(tmp_path, capsys):
+    assert main(['run', str(TINY), '-q', '-p', 'x', '4', '-p', 'scale', '2.5', '--out', str(tmp_path / 'r')]) == 0
+    capsys.readouterr()
+    assert main(['report', str(tmp_path / 'r'), '--no-plots']) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('1 runs: 1 completed'), out
+    import pandas as pd
+    s = pd.read_csv(tmp_path / 'r' / 'report' / 'summary.csv')
+    y = s[s['metric'] == 'y']  # nothing varies: one row per metric
+    assert len(y) == 1 and y['n'].iloc[0] == 1 and y['mean'].iloc[0] == 4 * 2.5
+    (tmp_path / 'empty').mkdir()
+    assert main(['report', str(tmp_path / 'empty')]) == 2
+    assert 'holds no runs' in capsys.readouterr().err

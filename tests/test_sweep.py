@@ -435,3 +435,27 @@ def test_ray_engine_2x2(tmp_path):
     assert len(df) == 4 and set(df['status']) == {'completed'}
     np.testing.assert_allclose(df['y'], df['x'] * df['scale'])
     assert {(r.x, r.scale) for r in df.itertuples()} == {(2, 0.5), (2, 4.0), (3, 0.5), (3, 4.0)}
+
+
+def test_load_results_and_report_on_single_run_dir(tmp_path, capsys):
+    rec = sw.run_notebook(TINY, tmp_path / 'r', {'x': 3, 'scale': 2.0})
+    assert rec['status'] == sw.COMPLETED
+    assert capsys.readouterr().err == ''  # echo is off by default (sweep workers stay quiet)
+    res = sw.load_results(tmp_path / 'r')
+    assert len(res) == 1 and res['y'].iloc[0] == 6.0 and res['run_dir'].iloc[0] == str((tmp_path / 'r').resolve())
+    (tmp_path / 'none').mkdir()
+    with pytest.raises(ValueError, match='out_dir'): sw.report(tmp_path / 'none', plots=False)
+
+
+def test_run_notebook_echo_streams_to_stderr(tmp_path, capsys):
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell("output_dir = '.'"); p.metadata['tags'] = ['parameters']
+    nb.cells = [p, nbformat.v4.new_code_cell("print('ECHO_MARK_5521')")]
+    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
+    nbformat.write(nb, str(tmp_path / 'e.ipynb'))
+    assert sw.run_notebook(tmp_path / 'e.ipynb', tmp_path / 'a', echo=True)['status'] == sw.COMPLETED
+    assert 'ECHO_MARK_5521' in capsys.readouterr().err
+    assert sw.run_notebook(tmp_path / 'e.ipynb', tmp_path / 'b')['status'] == sw.COMPLETED
+    assert 'ECHO_MARK_5521' not in capsys.readouterr().err
+    assert 'ECHO_MARK_5521' in (tmp_path / 'b' / 'run.log').read_text()
