@@ -327,10 +327,27 @@ class _Watchdog(threading.Thread):
 _ANSI = re.compile(r'\x1b\[[0-9;]*m')
 
 
+def _orphaned(parent: int | None) -> bool:
+    "True in a worker whose sweep process has gone away (it was re-parented)."
+    return parent is not None and os.getppid() != parent
+
+
+def _write_status(out: Path, rec: dict, parent: int | None) -> None:
+    """Write a run's status.json; a worker whose sweep died writes only while the record is still its own,
+    so an orphan can never overwrite the status of the attempt a resumed sweep started in the same folder."""
+    if _orphaned(parent):
+        cur = read_status(out)
+        if cur is not None and cur.get('pid') != os.getpid():
+            return
+    write_json_atomic(out / 'status.json', rec)
+
+
 def _run_notebook(notebook: Path, out: Path, params: dict, timeout: float | None, kernel_name: str,
                   cwd: str | None, parent: int | None = None, echo: bool = False) -> dict:
     import papermill
     from papermill.exceptions import PapermillExecutionError
+    if _orphaned(parent):  # the sweep died while this worker started: leave the folder to whoever resumes
+        return {'status': INTERRUPTED, 'error': 'the sweep process went away before the run started'}
     out.mkdir(parents=True, exist_ok=True)
     params = {**params, 'output_dir': str(out)}
     write_json_atomic(out / 'params.json', params)
@@ -339,12 +356,12 @@ def _run_notebook(notebook: Path, out: Path, params: dict, timeout: float | None
            'executed': executed.name,
            'started': _now(), 'host': socket.gethostname(), 'pid': os.getpid(),
            'cuda_visible_devices': os.environ.get('CUDA_VISIBLE_DEVICES'), 'timeout_s': timeout}
-    write_json_atomic(out / 'status.json', rec)
+    _write_status(out, rec, parent)
     pids: list[int] = []
 
     def on_kernel_start(pid: int):  # recorded at once, so that whoever kills this worker can kill the kernel too
         pids.append(pid)
-        write_json_atomic(out / 'status.json', {**rec, 'kernel_pids': pids})
+        _write_status(out, {**rec, 'kernel_pids': pids}, parent)
 
     t0 = time.monotonic()
     dog = _Watchdog(pids, None if timeout is None else t0 + timeout, parent)
@@ -374,7 +391,7 @@ def _run_notebook(notebook: Path, out: Path, params: dict, timeout: float | None
         for pid in pids: _kill_tree(pid)
         rec.update(status=INTERRUPTED, error='interrupted', finished=_now(),
                    duration_s=round(time.monotonic() - t0, 3), kernel_pids=pids)
-        write_json_atomic(out / 'status.json', rec)
+        _write_status(out, rec, parent)
         raise
     finally:
         dog.stop.set(); dog.join()
@@ -387,7 +404,7 @@ def _run_notebook(notebook: Path, out: Path, params: dict, timeout: float | None
         status, error = INTERRUPTED, 'the sweep process went away; kernel killed'
     rec.update(status=status, error=error, traceback=tb, finished=_now(),
                duration_s=round(time.monotonic() - t0, 3), kernel_pids=pids)
-    write_json_atomic(out / 'status.json', rec)
+    _write_status(out, rec, parent)
     return rec
 
 

@@ -459,3 +459,20 @@ def test_run_notebook_echo_streams_to_stderr(tmp_path, capsys):
     assert sw.run_notebook(tmp_path / 'e.ipynb', tmp_path / 'b')['status'] == sw.COMPLETED
     assert 'ECHO_MARK_5521' not in capsys.readouterr().err
     assert 'ECHO_MARK_5521' in (tmp_path / 'b' / 'run.log').read_text()
+
+
+def test_orphaned_worker_never_overwrites_a_newer_attempts_status(tmp_path):
+    # found while merging: a worker of a SIGKILLed sweep marked "interrupted" the run a resumed sweep had restarted
+    not_my_parent = os.getppid() + 1_000_000  # as if our sweep had died (we were re-parented)
+    newer = {'status': 'running', 'pid': os.getpid() + 1}
+    sw.write_json_atomic(tmp_path / 'status.json', newer)
+    sw._write_status(tmp_path, {'status': 'interrupted', 'pid': os.getpid()}, not_my_parent)
+    assert sw.read_status(tmp_path) == newer
+    mine = {'status': 'running', 'pid': os.getpid()}  # its own record it may still finish
+    sw.write_json_atomic(tmp_path / 'status.json', mine)
+    sw._write_status(tmp_path, {'status': 'interrupted', 'pid': os.getpid()}, not_my_parent)
+    assert sw.read_status(tmp_path)['status'] == 'interrupted'
+    sw._write_status(tmp_path, newer, os.getppid())  # a worker whose sweep lives always writes
+    assert sw.read_status(tmp_path) == newer
+    rec = sw._run_notebook(TINY, tmp_path / 'late', {}, None, 'python3', None, parent=not_my_parent)
+    assert rec['status'] == 'interrupted' and not (tmp_path / 'late').exists()  # a late starter touches nothing
