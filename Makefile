@@ -40,7 +40,7 @@ demo: install
 check-sync: install
 	$(BIN)/python tools/check_sync.py
 
-test: install check-sync
+test: install check-sync check-outputs
 	$(BIN)/nbdev_test --path nbs --skip_folder_re '^(experiments|[_.])' --n_workers 2
 	$(BIN)/python -m pytest tests -q -m "not slow"
 

@@ -1,7 +1,7 @@
 """Check the notebooks' saved outputs: module notebooks carry their figures, experiment notebooks carry none.
 
-Module notebooks (nbs/*.ipynb, not experiments): every notebook whose code calls `plt.` / uses matplotlib
-(outside comments) must have at least one image/png output saved, and each file must be < 1 MB.
+Module notebooks (nbs/*.ipynb, not experiments): every notebook whose non-exported code calls `plt.` / uses
+matplotlib (outside comments; `#| export` library code that writes figure files does not count) must have at least one image/png output saved, and each file must be < 1 MB.
 Experiment notebooks (nbs/experiments/*.ipynb) must have NO outputs (they are run by papermill into runs/).
 Prints one status line per notebook; exit status 1 on any failure.
 
@@ -26,8 +26,15 @@ def _code(cell) -> str:
     return '\n'.join(l for l in src.splitlines() if not l.lstrip().startswith('#'))
 
 
+def _exported(cell) -> bool:
+    src = cell.get('source', '')
+    src = ''.join(src) if isinstance(src, list) else src
+    return any(re.match(r'#\|\s*export', l.strip()) for l in src.splitlines()[:3])
+
+
 def uses_matplotlib(nb: dict) -> bool:
-    return any(c.get('cell_type') == 'code' and _PLOTS.search(_code(c)) for c in nb.get('cells', []))
+    "True when a cell the reader sees run (not library code in `#| export` cells, which may write figure files) plots."
+    return any(c.get('cell_type') == 'code' and not _exported(c) and _PLOTS.search(_code(c)) for c in nb.get('cells', []))
 
 
 def n_png(nb: dict) -> int:
