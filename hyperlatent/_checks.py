@@ -104,7 +104,7 @@ def as_matrix(
         raise ValueError(f'{name} must have shape (n, ...) with at least one dimension, got a scalar')
     t = t.reshape(t.shape[0], -1) if t.ndim != 2 else t
     if t.shape[0] < max(min_rows, 1) or t.shape[1] == 0:
-        raise ValueError(f'{name} must have at least {max(min_rows, 1)} row(s) and one column, got shape {tuple(t.shape)}')
+        raise ValueError(f'{name} must be non-empty: at least {max(min_rows, 1)} row(s) and one column, got shape {tuple(t.shape)}')
     if device is not None:
         t = t.to(device)
     if finite:

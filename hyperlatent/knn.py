@@ -22,28 +22,12 @@ _BLOCK_BYTES = 128 * 2**20  # memory budget (bytes) of one block: each temporary
 _CANDIDATE_MARGIN = 8  # extra candidates kept per query row before the exact re-ranking
 
 
+from ._checks import as_matrix
+
+
 def _as_tensor(a, name: str, device=None) -> Tensor:
-    "A 2-D floating torch tensor view of `a` (numpy or torch; rows = points, trailing dims flattened)."
-    if isinstance(a, Tensor):
-        t = a.detach()
-    elif isinstance(a, np.ndarray):
-        if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-            raise TypeError(f'{name} must be a numeric array, got dtype {a.dtype}')
-        t = torch.from_numpy(np.ascontiguousarray(a))
-    else:
-        raise TypeError(f'{name} must be a numpy array or a torch.Tensor, got {type(a).__name__}')
-    if t.is_complex():
-        raise TypeError(f'{name} must be real, got dtype {t.dtype}')
-    if not t.is_floating_point():
-        t = t.to(torch.float64)
-    if t.ndim < 1:
-        raise ValueError(f'{name} must have shape (n, ...) with at least one dimension, got a scalar')
-    t = t.reshape(t.shape[0], -1) if t.ndim != 2 else t
-    if t.shape[0] == 0 or t.shape[1] == 0:
-        raise ValueError(f'{name} must be non-empty, got shape {tuple(t.shape)}')
-    if device is not None:
-        t = t.to(device)
-    return t
+    "A 2-D floating torch tensor view of `a` (numpy or torch; rows = points, trailing dims flattened); finiteness is checked by the chunked `_check_finite`."
+    return as_matrix(a, name, device=device, finite=False)
 
 
 def _row_slices(t: Tensor, budget: int):
