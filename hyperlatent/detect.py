@@ -20,16 +20,17 @@ from .knn import knn_score, knn_search
 from .leakage import BASELINES, baseline_scores
 from .metrics import _check_labels_scores, auroc, aupr, detection_metrics, fpr_at_tpr, roc_data
 from .train import atomic_write, encode_dataset, fit
-from .vae import GAINS, BetaObjective, CompressionObjective, mlp_vae, residual_vae
+from .vae import (CLASS_AXIS_OBJECTIVES, GAINS, OBJECTIVES, BetaObjective, CompressionObjective,
+                             make_objective, mlp_vae, objective_name, residual_vae)
 
 # %% auto #0
-__all__ = ['MODEL_SCORES', 'OBJECTIVES', 'FittedModel', 'LatentBank', 'encode_bank', 'per_sample_kl', 'model_scores',
-           'make_objective', 'build_vae', 'vae_trainer', 'ProtocolResult', 'evaluate_split', 'unconditional_protocol',
-           'conditional_protocol', 'cross_dataset_protocol', 'VAEDetector', 'knn_search', 'knn_score', 'auroc',
+__all__ = ['MODEL_SCORES', 'FittedModel', 'LatentBank', 'encode_bank', 'per_sample_kl', 'model_scores', 'build_vae',
+           'vae_trainer', 'ProtocolResult', 'evaluate_split', 'unconditional_protocol', 'conditional_protocol',
+           'cross_dataset_protocol', 'VAEDetector', 'OBJECTIVES', 'make_objective', 'knn_search', 'knn_score', 'auroc',
            'roc_data', 'fpr_at_tpr', 'aupr', 'detection_metrics', 'BASELINES', 'baseline_scores']
 
 # %% ../nbs/04b_detect.ipynb #e9fa37ad
-_all_ = ['knn_search', 'knn_score', 'auroc', 'roc_data', 'fpr_at_tpr', 'aupr', 'detection_metrics', 'BASELINES',
+_all_ = ['OBJECTIVES', 'make_objective', 'knn_search', 'knn_score', 'auroc', 'roc_data', 'fpr_at_tpr', 'aupr', 'detection_metrics', 'BASELINES',
          'baseline_scores']  # re-exported, so that the old import paths keep working
 
 # %% ../nbs/04b_detect.ipynb #f6e669ff
@@ -184,32 +185,6 @@ def model_scores(
     return out
 
 # %% ../nbs/04b_detect.ipynb #2284fdba
-OBJECTIVES = ('beta', 'half', 'full', 'vmf')
-
-
-def make_objective(
-    name: str,  # one of OBJECTIVES
-    latent_dim: int,  # d
-    *,
-    conditional: bool = False,  # per-class axes (anomaly variants only)
-    n_classes: int | None = None,  # number of classes when conditional
-    gains: Sequence[float] = GAINS['mnist'],  # compression gains (phi_mu, r_mu, phi_sigma, r_sigma), spec §3e
-):
-    "The objective object for a short name (see the table above)."
-    if name not in OBJECTIVES:
-        raise ValueError(f'objective must be one of {OBJECTIVES}, got {name!r}')
-    if name == 'beta':
-        return BetaObjective()
-    if name == 'half':
-        return CompressionObjective('generation', mode='half', gains=gains)
-    kw = dict(end_compress=0 if name == 'vmf' else None, gains=gains)
-    if conditional:
-        if not n_classes or n_classes < 1:
-            raise ValueError(f'conditional objectives need n_classes >= 1, got {n_classes!r}')
-        kw.update(conditional=True, n_classes=n_classes, class_axis_stride=max(1, latent_dim // n_classes))
-    return CompressionObjective('anomaly', **kw)
-
-
 def build_vae(
     input_shape: Sequence[int],  # shape of one input, e.g. (1, 8, 8) or (3, 32, 32) or (n_features,)
     latent_dim: int,  # d
@@ -225,7 +200,7 @@ def build_vae(
 
 
 def vae_trainer(
-    objective: str,  # one of OBJECTIVES
+    objective: str,  # one of OBJECTIVES (hyperlatent.vae)
     *,
     latent_dim: int = 16,  # d
     hidden: Sequence[int] = (128, 64),  # MLP widths (ignored for the conv VAE)
@@ -238,13 +213,13 @@ def vae_trainer(
     **fit_kw,  # anything else for `hyperlatent.train.fit`
 ) -> Callable[[Any, int, bool], FittedModel]:
     "A trainer `(train_data, seed, conditional) -> FittedModel` for the protocols."
-    if objective not in OBJECTIVES:
-        raise ValueError(f'objective must be one of {OBJECTIVES}, got {objective!r}')
+    objective = objective_name(objective)
 
     def train(data, seed: int = 0, conditional: bool = False) -> FittedModel:
-        cond = conditional and objective in ('full', 'vmf')
+        cond = conditional and objective in CLASS_AXIS_OBJECTIVES
         n_classes = int(data.y.max()) + 1 if cond else None
-        obj = make_objective(objective, latent_dim, conditional=cond, n_classes=n_classes, gains=gains)
+        obj = make_objective(objective, latent_dim, conditional=cond, n_classes=n_classes,
+                             **({} if objective == 'beta' else dict(gains=gains)))
         torch.manual_seed(seed)  # network initialisation
         model = build_vae(data.x.shape[1:], latent_dim, project=objective != 'beta', hidden=hidden)
         res = fit(model, data if cond else data.x, obj, epochs=epochs, batch_size=batch_size, lr=lr, beta=beta,
@@ -405,7 +380,7 @@ class VAEDetector(BaseEstimator):
     def __init__(
         self,
         latent_dim: int = 8,  # d
-        objective: str = 'beta',  # one of OBJECTIVES: 'beta', 'half', 'full', 'vmf'
+        objective: str = 'beta',  # one of OBJECTIVES: 'beta', 'p1-half', 'p1-full', 'p2-class-axes', 'p2-vmf'
         anomaly_score: str = 'knn',  # one of MODEL_SCORES (named so as not to shadow scikit-learn's `score` method)
         k: int = 3,  # neighbours of the 'knn' score
         hidden: tuple = (128, 64),  # MLP widths
@@ -417,7 +392,7 @@ class VAEDetector(BaseEstimator):
         device: str = 'cpu',  # training/scoring device
         random_state: int = 0,  # seed of initialisation, data order and noise
         verbose: int = 0,  # 0: quiet; 1: tqdm progress bars of `hyperlatent.train.fit`
-        use_labels: bool | None = None,  # None: use y only for class-axis objectives ('full', 'vmf'); False: ignore y; True: require y
+        use_labels: bool | None = None,  # None: use y only for class-axis objectives ('p2-class-axes', 'p2-vmf'); False: ignore y; True: require y
         preprocessing: bool = True,  # True: min-max scale features on the training data; False: use the inputs as they are
     ):
         self.latent_dim, self.objective, self.anomaly_score, self.k, self.hidden = latent_dim, objective, anomaly_score, k, hidden
@@ -431,7 +406,7 @@ class VAEDetector(BaseEstimator):
         return tags
 
     def _validate_params(self) -> None:
-        check_choice(self.objective, 'objective', OBJECTIVES)
+        self.objective_ = objective_name(self.objective)
         check_choice(self.anomaly_score, 'anomaly_score', MODEL_SCORES)
         check_float(self.contamination, 'contamination', 0, 0.5, lo_open=True)
         check_int(self.latent_dim, 'latent_dim', 1)
@@ -446,14 +421,14 @@ class VAEDetector(BaseEstimator):
 
     def fit(self, X, y=None):
         """Train on the rows of X (normal data). Labels `y` are used only when `use_labels` says so: None (default) uses
-        them for the class-axis objectives 'full'/'vmf' and ignores them otherwise (e.g. with 'beta'); False always
+        them for the class-axis objectives 'p2-class-axes'/'p2-vmf' and ignores them otherwise (e.g. with 'beta'); False always
         ignores them; True requires them (ValueError if `y` is None) and trains per-class axes."""
         from sklearn.utils.validation import validate_data
         self._validate_params()
         if self.use_labels is True and y is None:
             raise ValueError('use_labels=True needs the class labels: pass fit(X, y)')
-        if self.use_labels is True and self.objective not in ('full', 'vmf'):
-            raise ValueError(f"use_labels=True needs a class-axis objective ('full' or 'vmf'), got objective={self.objective!r}")
+        if self.use_labels is True and self.objective_ not in CLASS_AXIS_OBJECTIVES:
+            raise ValueError(f"use_labels=True needs a class-axis objective {CLASS_AXIS_OBJECTIVES}, got objective={self.objective!r}")
         if y is None:
             X = validate_data(self, X, dtype=np.float64)
         else:
@@ -467,7 +442,7 @@ class VAEDetector(BaseEstimator):
         else:
             self.data_min_, self.data_scale_ = np.zeros(X.shape[1]), np.ones(X.shape[1])
         Xs = self._scale(X)
-        cond = y is not None and self.use_labels is not False and self.objective in ('full', 'vmf')
+        cond = y is not None and self.use_labels is not False and self.objective_ in CLASS_AXIS_OBJECTIVES
         if cond:
             self.classes_, yi = np.unique(y, return_inverse=True)
             if np.bincount(yi).min() < 2:
@@ -484,7 +459,7 @@ class VAEDetector(BaseEstimator):
             bs = max(bs - bs % len(self.classes_), 2 * len(self.classes_))
         # what `vae_trainer` does, with the progress flag passed on
         n_classes = len(self.classes_) if cond else None
-        obj = make_objective(self.objective, self.latent_dim, conditional=cond, n_classes=n_classes)
+        obj = make_objective(self.objective_, self.latent_dim, conditional=cond, n_classes=n_classes)
         torch.manual_seed(self.random_state)
         model = build_vae(data.x.shape[1:], self.latent_dim, project=self.objective != 'beta', hidden=tuple(self.hidden))
         res = fit(model, data if cond else data.x, obj, epochs=self.epochs, batch_size=bs, lr=self.lr, beta=self.beta,
@@ -597,7 +572,8 @@ class VAEDetector(BaseEstimator):
         det.decision_scores_ = st['decision_scores_'].numpy()
         det.threshold_ = st['threshold_']
         det.labels_ = (det.decision_scores_ > det.threshold_).astype(np.int64)
-        obj = make_objective(det.objective, det.latent_dim, conditional=st['conditional'], n_classes=st['n_classes'])
+        det.objective_ = objective_name(det.objective)
+        obj = make_objective(det.objective_, det.latent_dim, conditional=st['conditional'], n_classes=st['n_classes'])
         model = build_vae((det.n_features_in_,), det.latent_dim, project=det.objective != 'beta', hidden=det.hidden)
         model.load_state_dict(st['model'])
         model.to(det.device).eval()

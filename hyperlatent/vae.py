@@ -19,10 +19,11 @@ from .coords import sphere_project, spherical_cosines, to_cartesian
 # %% auto #0
 __all__ = ['COS_EPS', 'STD_FLOOR', 'BETA_SCALE', 'MEAN_TERM_WEIGHT', 'RADIAL_WEIGHTS', 'RADIAL_SIGMA_STD_TARGET',
            'FIRST_ANGLE_WEIGHT', 'LATE_EPOCH', 'SIGMA_TARGET_SCALE', 'DEFAULT_GAINS', 'VARIANTS', 'GAINS',
-           'REFERENCE_RUN', 'PRESETS', 'DATASET_GAINS', 'DEFAULT_CHANNELS', 'VAEOutput', 'VAE', 'mlp_vae',
-           'reconstruction_loss', 'gaussian_kl', 'prior_cosines', 'angle_weights', 'angular_mu_loss', 'radial_mu_loss',
-           'angular_sigma_loss', 'radial_sigma_loss', 'compression_loss', 'BetaObjective', 'CompressionObjective',
-           'objective_preset', 'dataset_gains', 'ResBlock', 'ResidualEncoder', 'ResidualDecoder', 'residual_vae',
+           'REFERENCE_RUN', 'PRESETS', 'DATASET_GAINS', 'OBJECTIVES', 'CLASS_AXIS_OBJECTIVES', 'OBJECTIVE_ALIASES',
+           'DEFAULT_CHANNELS', 'VAEOutput', 'VAE', 'mlp_vae', 'reconstruction_loss', 'gaussian_kl', 'prior_cosines',
+           'angle_weights', 'angular_mu_loss', 'radial_mu_loss', 'angular_sigma_loss', 'radial_sigma_loss',
+           'compression_loss', 'BetaObjective', 'CompressionObjective', 'objective_preset', 'dataset_gains',
+           'objective_name', 'make_objective', 'ResBlock', 'ResidualEncoder', 'ResidualDecoder', 'residual_vae',
            'load_reference_checkpoint', 'IslandPrior', 'AggregatePrior', 'island_prior', 'sample_prior', 'image_grid',
            'show_images']
 
@@ -581,6 +582,60 @@ def dataset_gains(
         raise ValueError(f'no compression gains known for dataset {name!r}; known: {", ".join(sorted(DATASET_GAINS))}. '
                          f'Pass gains=(G_phi_mu, G_r_mu, G_phi_sigma, G_r_sigma) explicitly.')
     return GAINS[row]
+
+# %% ../nbs/02_vae.ipynb #42afc6f1
+import warnings
+
+from ._checks import check_choice
+
+OBJECTIVES: tuple[str, ...] = ('beta', 'p1-half', 'p1-full', 'p2-class-axes', 'p2-vmf')
+CLASS_AXIS_OBJECTIVES: tuple[str, ...] = ('p2-class-axes', 'p2-vmf')  # the ones that can put classes on axes
+OBJECTIVE_ALIASES: dict[str, str] = {'half': 'p1-half', 'full': 'p2-class-axes', 'vmf': 'p2-vmf'}  # pre-0.2 names
+
+
+def objective_name(
+    name: str,  # a name of OBJECTIVES, or a deprecated alias of OBJECTIVE_ALIASES
+    arg: str = 'objective',  # the argument's name, for the error message
+) -> str:  # the canonical name
+    "The canonical objective name; the pre-0.2 names still work, with a `DeprecationWarning`."
+    if isinstance(name, str) and name in OBJECTIVE_ALIASES:
+        new = OBJECTIVE_ALIASES[name]
+        warnings.warn(f"{arg}={name!r} is deprecated (the old names were ambiguous: 'full' also names P1's mode); "
+                      f"use {new!r}", DeprecationWarning, stacklevel=3)
+        return new
+    return check_choice(name, arg, OBJECTIVES)
+
+
+def make_objective(
+    name: str,  # one of OBJECTIVES (or a deprecated alias)
+    latent_dim: int,  # d
+    *,
+    conditional: bool = False,  # one axis per class: class-axis objectives only
+    n_classes: int | None = None,  # number of classes when conditional
+    dataset: str | None = None,  # take the gains of this dataset (`dataset_gains`)
+    gains: Sequence[float] | None = None,  # explicit gains (phi_mu, r_mu, phi_sigma, r_sigma); default MNIST's
+    **overrides,  # further arguments of the objective's constructor
+):
+    "The objective object for a name of the table above."
+    name = objective_name(name)
+    check_int(latent_dim, 'latent_dim', lo=2)
+    if conditional and name not in CLASS_AXIS_OBJECTIVES:
+        raise ValueError(f'conditional=True needs one of {CLASS_AXIS_OBJECTIVES}, got objective={name!r}')
+    if name == 'beta':
+        if dataset is not None or gains is not None:
+            raise ValueError("objective='beta' takes no dataset= or gains= (they are compression gains)")
+        return BetaObjective(**overrides)
+    if dataset is not None and gains is not None:
+        raise ValueError('pass dataset= or gains=, not both')
+    gains = dataset_gains(dataset) if dataset is not None else GAINS['mnist'] if gains is None else tuple(gains)
+    if name.startswith('p1-'):
+        return CompressionObjective('generation', mode=name[3:], gains=gains, **overrides)
+    kw = dict(end_compress=0 if name == 'p2-vmf' else None, gains=gains)
+    if conditional:
+        check_int(n_classes, 'n_classes', lo=1)
+        kw.update(conditional=True, n_classes=n_classes, class_axis_stride=max(1, latent_dim // n_classes))
+    return CompressionObjective('anomaly', **{**kw, **overrides})
+
 
 # %% ../nbs/02_vae.ipynb #417efea4
 class ResBlock(nn.Module):

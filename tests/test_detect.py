@@ -115,10 +115,10 @@ def test_unconditional_protocol_table(digits):
 
 def test_conditional_protocol_uses_labels(digits):
     tr, te = digits
-    r = conditional_protocol(tr, te, {'full': vae_trainer('full', latent_dim=10, epochs=2, batch_size=50)},
+    r = conditional_protocol(tr, te, {'p2-class-axes': vae_trainer('p2-class-axes', latent_dim=10, epochs=2, batch_size=50)},
                              id_classes=range(5), baselines=(), latent_baselines=(), keep_models=True)
     np.testing.assert_array_equal(r.labels['cond_01234'], (te.y >= 5).numpy())
-    fm = r.fitted[('cond_01234', 'full', 0)]
+    fm = r.fitted[('cond_01234', 'p2-class-axes', 0)]
     assert fm.conditional and fm.objective.conditional and fm.objective.n_classes == 5
     assert len(r.table) == len(MODEL_SCORES)
 
@@ -142,7 +142,7 @@ def test_vae_detector_api_and_save_load(tmp_path, digits):
     with pytest.raises(ValueError, match='objective must be one of'):
         VAEDetector(objective='nope').fit(X)
     with pytest.raises(ValueError, match='latent_dim >= n_classes'):
-        VAEDetector(objective='full', latent_dim=3, epochs=1).fit(X, tr.y.numpy())
+        VAEDetector(objective='p2-class-axes', latent_dim=3, epochs=1).fit(X, tr.y.numpy())
 
 
 # scikit-learn's estimator checks. Every check passes for the default configuration; none is skipped except
@@ -180,7 +180,7 @@ _COMPRESSION_XFAIL = {
 
 
 @pytest.mark.slow
-@parametrize_with_checks([VAEDetector(latent_dim=4, objective='full', anomaly_score='elbo', epochs=2, hidden=(8,),
+@parametrize_with_checks([VAEDetector(latent_dim=4, objective='p2-class-axes', anomaly_score='elbo', epochs=2, hidden=(8,),
                                       batch_size=16)], expected_failed_checks=lambda est: _COMPRESSION_XFAIL)
 def test_sklearn_estimator_checks_compression(estimator, check):
     check(estimator)
@@ -270,14 +270,14 @@ def test_pyod_flags(digits, pyod_det):
     np.testing.assert_array_equal(a.decision_scores_, b.decision_scores_)
     assert not a.fitted_.conditional
     # use_labels=False ignores y even with a class-axis objective; None uses it
-    f = VAEDetector(objective='full', latent_dim=10, epochs=1, use_labels=False).fit(X[:300], y[:300])
+    f = VAEDetector(objective='p2-class-axes', latent_dim=10, epochs=1, use_labels=False).fit(X[:300], y[:300])
     assert not f.fitted_.conditional and not hasattr(f, 'classes_')
-    g = VAEDetector(objective='full', latent_dim=10, epochs=1).fit(X[:300], y[:300])
+    g = VAEDetector(objective='p2-class-axes', latent_dim=10, epochs=1).fit(X[:300], y[:300])
     assert g.fitted_.conditional and len(g.classes_) == 10
     with pytest.raises(ValueError, match='use_labels'):
-        VAEDetector(objective='full', latent_dim=10, epochs=1, use_labels=True).fit(X[:300])
+        VAEDetector(objective='p2-class-axes', latent_dim=10, epochs=1, use_labels=True).fit(X[:300])
     with pytest.raises(ValueError, match='latent_dim >= n_classes'):
-        VAEDetector(objective='full', latent_dim=4, epochs=1, use_labels=True).fit(X[:300], y[:300])
+        VAEDetector(objective='p2-class-axes', latent_dim=4, epochs=1, use_labels=True).fit(X[:300], y[:300])
     with pytest.raises(ValueError, match='use_labels'):
         VAEDetector(use_labels='yes').fit(X[:300])
     # preprocessing=False: the inputs are used unscaled (digits are in [0, 1] already but not min-max per feature)
@@ -303,3 +303,18 @@ def test_pyod_verbose_passes_progress(digits, monkeypatch):
     assert seen == [True, False]
     with pytest.raises((ValueError, TypeError), match='verbose'):
         VAEDetector(verbose=2).fit(X)
+
+
+def test_old_objective_names_still_work_with_a_deprecation_warning():
+    # 'full' meant P2's anomaly variant in the detector: it must still build exactly that objective, and warn
+    with pytest.warns(DeprecationWarning, match="'p2-class-axes'"):
+        tr = vae_trainer('full', latent_dim=8, epochs=1)
+    assert tr.objective_name == 'p2-class-axes'
+    X = np.random.default_rng(0).random((40, 6))
+    with pytest.warns(DeprecationWarning, match="'p2-vmf'"):
+        det = VAEDetector(objective='vmf', latent_dim=4, epochs=1, hidden=(8,)).fit(X)
+    assert det.get_params()['objective'] == 'vmf'  # sklearn contract: the parameter is kept as given
+    assert det.fitted_.objective.variant == 'anomaly' and det.fitted_.objective.end_compress == 0
+    with pytest.warns(DeprecationWarning, match="'p1-half'"):
+        det = VAEDetector(objective='half', latent_dim=4, epochs=1, hidden=(8,)).fit(X)
+    assert det.fitted_.objective.variant == 'generation' and det.fitted_.objective.mode == 'half'

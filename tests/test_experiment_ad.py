@@ -8,7 +8,7 @@ import pytest
 papermill = pytest.importorskip('papermill')
 
 NB = Path(__file__).resolve().parents[1] / 'nbs' / 'experiments' / 'anomaly_detection.ipynb'
-TINY = dict(epochs=1, held_out=[0, 7], models=['beta', 'full'], latent_dim=8, max_train=600, seeds=[0])
+TINY = dict(epochs=1, held_out=[0, 7], models=['beta', 'p2-class-axes'], latent_dim=8, max_train=600, seeds=[0])
 
 
 def test_parameters_cell():
@@ -32,7 +32,7 @@ def test_tiny_run(tmp_path):
     t = pd.read_csv(out / 'results.csv')
     assert set(t.protocol) == {'unconditional', 'conditional'}
     assert set(t.split) == {'loco_0', 'loco_7', 'cond_01234'}
-    assert set(t.model) == {'beta', 'full', 'pixel'}
+    assert set(t.model) == {'beta', 'p2-class-axes', 'pixel'}
     assert not t.duplicated(['split', 'model', 'score', 'seed']).any()
     # one row per split x model x score: 3 pixel baselines + (5 model scores + latent IF) per model
     assert len(t) == 3 * (3 + 2 * 6)
@@ -90,7 +90,7 @@ def test_runs_unchanged_on_other_datasets(tmp_path, dataset, make, shape):
     out = tmp_path / 'out'
     papermill.execute_notebook(str(NB), str(tmp_path / 'executed.ipynb'),
                                parameters=dict(dataset=dataset, data_root=str(root), output_dir=str(out), epochs=1,
-                                               held_out=[0, 1], models=['beta', 'full'], latent_dim=8),
+                                               held_out=[0, 1], models=['beta', 'p2-class-axes'], latent_dim=8),
                                kernel_name='python3', progress_bar=False)
     m = json.loads((out / 'metrics.json').read_text())
     assert m['dataset'] == dataset and m['n_loco_splits'] == 2
