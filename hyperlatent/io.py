@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 # %% auto #0
-__all__ = ['clean_stale_temps', 'atomic_write', 'atomic_write_json']
+__all__ = ['clean_stale_temps', 'atomic_write', 'atomic_write_json', 'save_results']
 
 # %% ../nbs/00a_io.ipynb #e76eba6c
 def _umask() -> int:
@@ -115,3 +115,71 @@ def atomic_write_json(
 ) -> Path:  # the destination path
     "Write `obj` as JSON to `path` atomically."
     return atomic_write(path, json.dumps(obj, indent=indent, default=str) + '\n')
+
+# %% ../nbs/00a_io.ipynb #987f91fd
+import math
+import re
+
+_STEM = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.\-]*$')
+
+
+def _check_finite(obj, where: str) -> None:
+    "Raise ValueError naming the key path of the first NaN/inf float in a nested metrics object."
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise ValueError(f'metrics{where} is {obj}: metrics must be finite (drop the key or store None)')
+    if isinstance(obj, dict):
+        for k, v in obj.items(): _check_finite(v, f'{where}[{k!r}]')
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj): _check_finite(v, f'{where}[{i}]')
+
+
+def _json_scalar(o):
+    "numpy scalars and 0-d arrays become Python numbers; anything else is an error."
+    if hasattr(o, 'item') and getattr(o, 'ndim', 0) == 0:
+        return o.item()
+    raise TypeError(f'metrics hold a {type(o).__name__}, which is not JSON-serialisable')
+
+
+def save_results(
+    output_dir: str | os.PathLike,  # the experiment's output folder (created if needed)
+    *,
+    metrics: dict | None = None,  # -> metrics.json (finite, JSON-serialisable)
+    tables: dict[str, Any] | None = None,  # stem -> object with .to_csv (pandas DataFrame)
+    figures: dict[str, Any] | None = None,  # stem -> object with .savefig (matplotlib Figure)
+    texts: dict[str, str] | None = None,  # stem -> text (e.g. 'verdict', 'summary')
+    dpi: int = 100,  # figure resolution
+) -> dict[str, Path]:  # stem -> path written
+    "Write an experiment's metrics, tables, figures and texts into `output_dir`, each file atomically."
+    out = Path(output_dir)
+    jobs: list[tuple[str, str, Any]] = []
+    for arg, items, suffix in (('tables', tables, '.csv'), ('figures', figures, '.png'), ('texts', texts, '.txt')):
+        if items is None:
+            continue
+        if not isinstance(items, dict):
+            raise TypeError(f'{arg} must be a dict of name -> object, got {type(items).__name__}')
+        for stem, obj in items.items():
+            if not isinstance(stem, str) or not _STEM.match(stem) or stem.endswith(suffix):
+                raise ValueError(f'{arg}: {stem!r} is not a plain file stem (letters, digits, _ . -; no folder, no suffix)')
+            need = {'.csv': 'to_csv', '.png': 'savefig', '.txt': None}[suffix]
+            if need and not hasattr(obj, need):
+                raise TypeError(f'{arg}[{stem!r}] has no .{need}(): got {type(obj).__name__}')
+            if need is None and not isinstance(obj, str):
+                raise TypeError(f'{arg}[{stem!r}] must be a str, got {type(obj).__name__}')
+            jobs.append((stem + suffix, suffix, obj))
+    if metrics is not None:
+        if not isinstance(metrics, dict):
+            raise TypeError(f'metrics must be a dict, got {type(metrics).__name__}')
+        metrics = json.loads(json.dumps(metrics, default=_json_scalar))  # numpy scalars -> Python; fails before writing
+        _check_finite(metrics, '')
+    written: dict[str, Path] = {}
+    for name, suffix, obj in jobs:
+        if suffix == '.csv':
+            written[name[:-4]] = atomic_write(out / name, lambda f, o=obj: f.write(o.to_csv(index=False).encode()))
+        elif suffix == '.png':
+            written[name[:-4]] = atomic_write(out / name, lambda f, o=obj: o.savefig(f, format='png', dpi=dpi, bbox_inches='tight'))
+        else:
+            written[name[:-4]] = atomic_write(out / name, obj)
+    if metrics is not None:
+        written['metrics'] = atomic_write_json(out / 'metrics.json', metrics)
+    return written
+
