@@ -6,7 +6,7 @@
 PYTHON     ?= python3
 VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS     ?= dev,ray
+EXTRAS     ?= dev,ray,pyod,faiss
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.installed
 

@@ -25,7 +25,10 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['hyperlatent', 'hyperlatent.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements, 'ray': ['ray[default]>=2.9']},
+    extras_require={'dev': dev_requirements, 'ray': ['ray[default]>=2.9'],
+                    'pyod': ['pyod>=2.0'],  # VAEDetector becomes a pyod BaseDetector subclass
+                    'faiss': ['faiss-cpu>=1.8'],  # knn backend='faiss' (exact after fp64 re-ranking)
+                    'fid': ['torch-fidelity>=0.3']},  # Inception features of generate.InceptionFeatures
     python_requires='>=' + cfg['min_python'],
     zip_safe=False,
     entry_points={'console_scripts': scripts, 'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
