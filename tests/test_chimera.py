@@ -386,3 +386,53 @@ def test_default_device_delegates_to_select_device():
     assert default_device('cpu') == torch.device('cpu')
     with pytest.raises(ValueError, match='device'):
         default_device('no-such-device')
+
+
+# --- the shared operator table and the split training loop -------------------------------------------------
+def test_independent_events_is_the_operator_table_propagation():
+    from hyperlatent.rules import CONNECTIVES, propagate
+    dag = compile_rules(['(a & b & ~c) | d', 'a -> (b <-> d)', '~(a ^ c)'], concepts=['a', 'b', 'c', 'd'], flatten=True)
+    p = torch.rand(64, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    roots, nodes = independent_events(dag, p, return_nodes=True)
+    assert torch.equal(nodes, propagate(dag, p, kind='prob')) and torch.equal(roots, nodes[:, dag.roots])
+    # oracle: every node from its children with the table's probability forms, written out node by node
+    for i in dag.operator_nodes:
+        v = [1 - nodes[:, c] if g else nodes[:, c] for c, g in zip(dag.children[i], dag.negated[i])]
+        torch.testing.assert_close(nodes[:, i], CONNECTIVES[dag.op[i]].prob(*v), rtol=0, atol=1e-12)
+    # read-once rules: exact enumeration over the 16 concept assignments
+    tt = torch.tensor(list(itertools.product([0, 1], repeat=4)), dtype=torch.bool)
+    truth = dag.root_truth(tt).double()  # (16, R)
+    w = torch.where(tt[None], p[:, None], 1 - p[:, None]).prod(-1)  # (64, 16) weights of each assignment
+    torch.testing.assert_close(roots, w @ truth, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r'\[0, 1\]'):
+        independent_events(dag, torch.full((1, 4), 1.5))
+    with pytest.raises(ValueError, match='shape'):
+        independent_events(dag, torch.rand(2, 3))
+
+
+def test_train_evaluator_history_rows_and_callbacks_per_schedule():
+    toy = make_chimera_toy(n_train=300, n_normal=5, n_per_rule=2, variants=('chain',), seed=2)
+    dag = toy.dag
+    for schedule, want_calls in (('levelwise', list(range(1, dag.max_depth + 1))),
+                                 ('joint', list(range(2 * dag.max_depth)))):
+        calls = []
+        r = train_evaluator(RuleEvaluator(dag, 26, seed=0), toy.x_train, toy.c_train, epochs_per_level=2, batch_size=100,
+                            schedule=schedule, device='cpu', progress=False, callback=lambda l, e: calls.append(l))
+        assert calls == want_calls
+        h = r.history
+        n_epochs = 2 if schedule == 'levelwise' else 2 * dag.max_depth
+        assert len(h) == n_epochs * len(dag.operator_nodes)
+        assert (h.level == [dag.depth[i] for i in h.node]).all() and (h.examples > 0).all()
+        assert sorted(set(h.node)) == sorted(dag.operator_nodes)
+
+
+def test_train_evaluator_rejects_bad_options():
+    dag = compile_rules(['A -> B'])
+    ev, z, c = RuleEvaluator(dag, 2), torch.randn(8, 2), torch.ones(8, 2)
+    for kw, msg in ((dict(schedule='random'), 'schedule'), (dict(pairing='greedy'), 'pairing'),
+                    (dict(batch_size=1), 'batch_size'), (dict(epochs_per_level=0), 'epochs_per_level'),
+                    (dict(frozen_nodes=[dag.leaf_nodes[0]]), 'frozen_nodes')):
+        with pytest.raises(ValueError, match=msg):
+            train_evaluator(ev, z, c, device='cpu', progress=False, **kw)
+    with pytest.raises(ValueError, match='z must have shape'):
+        train_evaluator(ev, torch.randn(8, 3), c, device='cpu', progress=False)

@@ -1,5 +1,6 @@
 """Tests of hyperlatent.rules against independent oracles: SymPy, a direct recursive evaluator, truth tables."""
 import itertools
+import math
 import random
 
 import numpy as np
@@ -8,7 +9,9 @@ import sympy
 import torch
 from sympy.logic.boolalg import And, Equivalent, Implies, Not as SNot, Or, Xor
 
-from hyperlatent.rules import (Binary, Not, RuleDAG, RuleSyntaxError, Var, compile_rules, parse_rule)
+from hyperlatent.rules import (CONNECTIVES, OPERATORS, Binary, Not, RuleDAG, RuleSyntaxError, Var, apply_operator,
+                               apply_probability, compile_rules, connective, parse_rule, plot_dag, propagate,
+                               render_dot, render_formula, render_text, root_truth)
 
 VARS = ['a', 'b', 'c', 'd', 'e', 'f']
 SYMS = {v: sympy.Symbol(v) for v in VARS}
@@ -419,3 +422,155 @@ def test_flatten_keeps_truth_and_merges_chains(seed):
     # an un-negated same-operator chain is one node; a negated one is kept apart
     d = compile_rules(['a & (b & (c & d)) & e', '(a | b) | ~(c | d)'], flatten=True)
     assert len(d.children[d.roots[0]]) == 5 and len(d.children[d.roots[1]]) == 3
+
+
+# --- the operator table: Boolean forms vs truth tables, probability forms vs enumeration and Monte Carlo ------
+PY_CONNECTIVES = {'not': lambda a: not a, 'id': lambda a: a, 'and': lambda *b: all(b), 'or': lambda *b: any(b),
+                  'xor': lambda a, b: a != b, 'implies': lambda a, b: (not a) or b,
+                  'iff': lambda *b: len(set(b)) == 1}
+
+
+def _arities(c):
+    return [c.arity] if c.arity is not None else [1, 2, 3, 5]
+
+
+def test_table_covers_the_language_and_the_dag_operators():
+    assert set(CONNECTIVES) == set(PY_CONNECTIVES)
+    assert set(OPERATORS) <= set(CONNECTIVES)
+    assert {c.arity for c in CONNECTIVES.values()} == {1, 2, None}
+
+
+@pytest.mark.parametrize('name', sorted(PY_CONNECTIVES))
+def test_connective_truth_equals_truth_table_numpy_and_torch(name):
+    c = CONNECTIVES[name]
+    for a in _arities(c):
+        rows = list(itertools.product([False, True], repeat=a))
+        want = np.array([PY_CONNECTIVES[name](*r) for r in rows])
+        cols = all_assignments(a).T  # (a, 2^a)
+        np.testing.assert_array_equal(c.truth(*cols), want)
+        np.testing.assert_array_equal(c.truth(*torch.from_numpy(cols)).numpy(), want)
+        for dim in (0, 1):  # apply_operator: operands along any axis
+            v = torch.from_numpy(cols if dim == 0 else cols.T.copy())
+            np.testing.assert_array_equal(apply_operator(name, v, dim=dim).numpy(), want)
+
+
+def _enumerated_probability(name, p):
+    "Exact P(connective) for independent Bernoulli operands: sum of the weights of the satisfying assignments."
+    total = 0.0
+    for r in itertools.product([False, True], repeat=len(p)):
+        if PY_CONNECTIVES[name](*r):
+            total += math.prod(pi if b else 1 - pi for pi, b in zip(p, r))
+    return total
+
+
+@pytest.mark.parametrize('name', sorted(PY_CONNECTIVES))
+def test_connective_probability_equals_exact_enumeration(name):
+    c = CONNECTIVES[name]
+    rng = np.random.default_rng(1)
+    for a in _arities(c):
+        P = rng.random((200, a))
+        P[:5] = rng.integers(0, 2, (5, a))  # include the corners 0/1
+        want = np.array([_enumerated_probability(name, row) for row in P])
+        np.testing.assert_allclose(c.prob(*P.T), want, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(apply_probability(name, torch.from_numpy(P)).numpy(), want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('name', sorted(PY_CONNECTIVES))
+def test_connective_probability_matches_monte_carlo(name):
+    c = CONNECTIVES[name]
+    g = np.random.default_rng(2)
+    n = 100_000
+    for a in _arities(c):
+        p = g.uniform(0.1, 0.9, a)
+        draws = g.random((n, a)) < p  # independent Bernoulli operands
+        freq = c.truth(*draws.T).mean()
+        want = float(c.prob(*p))
+        assert abs(freq - want) <= 5 * math.sqrt(want * (1 - want) / n) + 1e-9, (name, a, freq, want)
+
+
+def test_connective_lookup_errors():
+    with pytest.raises(ValueError, match='unknown operator'):
+        connective('nand')
+    with pytest.raises(ValueError, match='exactly 2'):
+        connective('implies', 3)
+    with pytest.raises(ValueError, match='at least 1'):
+        connective('and', 0)
+    with pytest.raises(ValueError, match='exactly 1'):
+        apply_operator('not', torch.ones(4, 2, dtype=torch.bool))
+
+
+# --- probabilistic propagation -------------------------------------------------------------------------------
+def _read_once_formula(rng, vars_):
+    "A random formula using each variable at most once (so independence propagation is exact)."
+    vs = list(vars_)
+    rng.shuffle(vs)
+    vs = vs[:rng.randint(1, len(vs))]
+    forms = [Not(Var(v)) if rng.random() < 0.3 else Var(v) for v in vs]
+    while len(forms) > 1:
+        i = rng.randrange(len(forms) - 1)
+        f = Binary(rng.choice(OPS), forms[i], forms[i + 1])
+        forms[i:i + 2] = [Not(f) if rng.random() < 0.2 else f]
+    return forms[0]
+
+
+@pytest.mark.parametrize('flatten', [False, True])
+def test_propagate_prob_exact_for_read_once_formulas_by_enumeration(flatten):
+    rng = random.Random(5)
+    vars_ = VARS[:5]
+    formulas = [_read_once_formula(rng, vars_) for _ in range(30)]
+    dag = compile_rules(formulas, concepts=vars_, flatten=flatten)
+    p = np.random.default_rng(0).random((4, len(vars_)))
+    got = propagate(dag, p, kind='prob')[:, dag.roots]
+    for s in range(len(p)):
+        for r, f in enumerate(formulas):  # oracle: weights of all 2^5 concept assignments, direct evaluator
+            want = sum(math.prod(p[s, k] if x[k] else 1 - p[s, k] for k in range(len(vars_)))
+                       for x in all_assignments(len(vars_)) if recursive_eval(f, dict(zip(vars_, x))))
+            assert abs(got[s, r] - want) < 1e-12, (str(f), got[s, r], want)
+
+
+def test_propagate_prob_at_01_equals_boolean_and_types_follow_input():
+    rng = random.Random(6)
+    dag = compile_rules([random_formula(rng, 4) for _ in range(20)], concepts=VARS, flatten=True)
+    x = all_assignments(len(VARS))
+    np.testing.assert_array_equal(propagate(dag, x.astype(np.float64), 'prob'), dag.evaluate(x).astype(np.float64))
+    out = propagate(dag, torch.from_numpy(x).float(), 'prob')
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+    assert isinstance(propagate(dag, x), np.ndarray) and propagate(dag, x).dtype == bool
+
+
+def test_propagate_prob_is_differentiable():
+    dag = compile_rules(['a & ~b', 'a | b'])
+    p = torch.tensor([[0.3, 0.6]], dtype=torch.float64, requires_grad=True)
+    P = propagate(dag, p, 'prob')[0, dag.roots]
+    assert torch.autograd.gradcheck(lambda q: propagate(dag, q, 'prob')[:, dag.roots], (p,))
+    P[0].backward()
+    np.testing.assert_allclose(p.grad.numpy(), [[0.4, -0.3]])  # d/da a(1-b) = 1-b, d/db = -a
+
+
+def test_propagate_rejects_bad_probabilities_and_kinds():
+    dag = compile_rules(['a -> b'])
+    for bad in (np.array([[0.5, 1.5]]), np.array([[-0.1, 0.5]]), np.array([[np.nan, 0.5]])):
+        with pytest.raises(ValueError, match=r'\[0, 1\]'):
+            propagate(dag, bad, 'prob')
+    with pytest.raises(ValueError, match='shape'):
+        propagate(dag, np.zeros((2, 3)), 'prob')
+    with pytest.raises(ValueError, match='kind'):
+        propagate(dag, np.zeros((2, 2)), 'fuzzy')
+
+
+# --- the split units: functions and the methods that delegate to them ---------------------------------------
+def test_rendering_and_propagation_functions_equal_methods():
+    rng = random.Random(8)
+    dag = compile_rules([random_formula(rng, 4) for _ in range(10)], concepts=VARS)
+    assert render_text(dag) == dag.to_text() == repr(dag)
+    assert render_dot(dag) == dag.to_dot()
+    assert all(render_formula(dag, i) == dag.formula(i) for i in range(dag.num_nodes))
+    x = all_assignments(len(VARS))
+    np.testing.assert_array_equal(propagate(dag, x), dag.evaluate(x))
+    np.testing.assert_array_equal(root_truth(dag, x), dag.root_truth(x))
+    import matplotlib
+    matplotlib.use('Agg')
+    ax = plot_dag(dag)
+    assert len(ax.texts) == dag.num_nodes + sum(map(len, dag.children))  # one label per node, one arrow per edge
+    import matplotlib.pyplot as plt
+    plt.close('all')
