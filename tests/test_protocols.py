@@ -194,3 +194,9 @@ def test_detect_still_has_its_own_names_without_warning():
     assert build_vae is bv
     with pytest.raises(AttributeError, match='no_such_name'):
         det.no_such_name
+
+
+def test_protocols_reexports_the_registry_and_vocabulary_of_vae():
+    import hyperlatent.vae as vae
+    for name in ('DATASET_SPECS', 'DatasetSpec', 'dataset_spec', 'OBJECTIVES', 'make_objective', 'build_vae'):
+        assert getattr(prot, name) is getattr(vae, name) and name in prot.__all__
