@@ -20,12 +20,12 @@ from .coords import sphere_project, spherical_cosines, to_cartesian
 __all__ = ['COS_EPS', 'STD_FLOOR', 'BETA_SCALE', 'MEAN_TERM_WEIGHT', 'RADIAL_WEIGHTS', 'RADIAL_SIGMA_STD_TARGET',
            'FIRST_ANGLE_WEIGHT', 'LATE_EPOCH', 'SIGMA_TARGET_SCALE', 'DEFAULT_GAINS', 'VARIANTS', 'GAINS',
            'REFERENCE_RUN', 'PRESETS', 'DATASET_GAINS', 'OBJECTIVES', 'CLASS_AXIS_OBJECTIVES', 'OBJECTIVE_ALIASES',
-           'DEFAULT_CHANNELS', 'VAEOutput', 'VAE', 'mlp_vae', 'reconstruction_loss', 'gaussian_kl', 'prior_cosines',
-           'angle_weights', 'angular_mu_loss', 'radial_mu_loss', 'angular_sigma_loss', 'radial_sigma_loss',
-           'compression_loss', 'BetaObjective', 'CompressionObjective', 'objective_preset', 'dataset_gains',
-           'objective_name', 'make_objective', 'ResBlock', 'ResidualEncoder', 'ResidualDecoder', 'residual_vae',
-           'load_reference_checkpoint', 'IslandPrior', 'AggregatePrior', 'island_prior', 'sample_prior', 'image_grid',
-           'show_images']
+           'DEFAULT_CHANNELS', 'DATASET_SPECS', 'VAEOutput', 'VAE', 'mlp_vae', 'reconstruction_loss', 'gaussian_kl',
+           'prior_cosines', 'angle_weights', 'angular_mu_loss', 'radial_mu_loss', 'angular_sigma_loss',
+           'radial_sigma_loss', 'compression_loss', 'BetaObjective', 'CompressionObjective', 'objective_preset',
+           'dataset_gains', 'objective_name', 'make_objective', 'ResBlock', 'ResidualEncoder', 'ResidualDecoder',
+           'residual_vae', 'network_family', 'DatasetSpec', 'dataset_spec', 'build_vae', 'load_reference_checkpoint',
+           'IslandPrior', 'AggregatePrior', 'island_prior', 'sample_prior', 'image_grid', 'show_images']
 
 # %% ../nbs/02_vae.ipynb #e4517503
 class VAEOutput(NamedTuple):
@@ -568,15 +568,20 @@ DATASET_GAINS: dict[str, str] = {  # hyperlatent.data name -> row of GAINS (the 
 }
 
 
-def dataset_gains(
-    name: str,  # a dataset name of `hyperlatent.data.DATASETS` (or one of GAINS' own keys)
-) -> tuple[float, float, float, float]:  # (G_phi_mu, G_r_mu, G_phi_sigma, G_r_sigma)
-    "The compression gains the papers use for dataset `name`; unknown names are an error, never a silent default."
+def _dataset_key(name: str) -> str:
+    "The canonical spelling of a dataset name, with the aliases `load_dataset` accepts."
     if not isinstance(name, str):
         raise TypeError(f'dataset must be a str, got {type(name).__name__}')
     from hyperlatent.data import _ALIASES  # the same spellings load_dataset accepts
     key = name.lower().replace('-', '_')
-    key = _ALIASES.get(key, key)
+    return _ALIASES.get(key, key)
+
+
+def dataset_gains(
+    name: str,  # a dataset name of `hyperlatent.data.DATASETS` (or one of GAINS' own keys)
+) -> tuple[float, float, float, float]:  # (G_phi_mu, G_r_mu, G_phi_sigma, G_r_sigma)
+    "The compression gains the papers use for dataset `name`; unknown names are an error, never a silent default."
+    key = _dataset_key(name)
     row = DATASET_GAINS.get(key, key if key in GAINS else None)
     if row is None:
         raise ValueError(f'no compression gains known for dataset {name!r}; known: {", ".join(sorted(DATASET_GAINS))}. '
@@ -731,6 +736,78 @@ def residual_vae(
         channels = DEFAULT_CHANNELS[image_size]
     return VAE(ResidualEncoder(latent_dim, image_size, channels, in_channels),
                ResidualDecoder(latent_dim, image_size, channels, in_channels), latent_dim, project=project)
+
+# %% ../nbs/02_vae.ipynb #89930686
+import operator
+from dataclasses import dataclass
+
+from .data import _FOLDER_SETS, DATASETS
+
+_INPUT_SHAPES: dict[str, tuple[int, int, int]] = {  # (C, H, W) of one sample as `load_dataset` returns it
+    'digits': (1, 8, 8), 'mnist': (1, 28, 28), 'fashion_mnist': (1, 28, 28),
+    'cifar10': (3, 32, 32), 'cifar100': (3, 32, 32), 'cifar100_coarse': (3, 32, 32),
+    **{k: (3, v['size'], v['size']) for k, v in _FOLDER_SETS.items()},  # RGB at the named sets' default image_size
+}
+_P2_PRESETS: dict[str, tuple[str, ...]] = {  # the AD paper's settings by dataset (§4.2-4.4, §7.2)
+    'cifar10': ('p2_cifar10_conditional', 'p2_cifar10_vmf'),
+    'mars_novelty': ('p2_unconditional',), 'galaxy_zoo': ('p2_unconditional',),
+}
+
+
+def _as_shape(input_shape) -> tuple[int, ...]:
+    "`input_shape` as a tuple of ints (an int, a tuple, a torch.Size or numpy ints), validated by `_check_shape`."
+    try:
+        shape = tuple(map(operator.index, input_shape)) if hasattr(input_shape, '__iter__') else (operator.index(input_shape),)
+    except TypeError:
+        raise ValueError(f'input_shape must be a positive int or a tuple of positive ints, got {input_shape!r}') from None
+    return _check_shape(shape)
+
+
+def network_family(
+    input_shape: int | Sequence[int],  # shape of one input, e.g. (1, 8, 8), (3, 32, 32) or (n_features,)
+) -> str:  # 'residual' or 'mlp'
+    "The network rule, in one place: residual conv VAE for square images of a side in DEFAULT_CHANNELS, MLP VAE otherwise."
+    shape = _as_shape(input_shape)
+    return 'residual' if len(shape) == 3 and shape[1] == shape[2] and shape[1] in DEFAULT_CHANNELS else 'mlp'
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    "What the package knows about one dataset: its shape, its network family, its gains and its paper presets."
+    name: str  # the `hyperlatent.data` name
+    input_shape: tuple[int, ...]  # (C, H, W) of one sample
+    family: str  # 'mlp' | 'residual' (`network_family(input_shape)`)
+    gains: tuple[float, float, float, float]  # (G_phi_mu, G_r_mu, G_phi_sigma, G_r_sigma) (`dataset_gains(name)`)
+    presets: tuple[str, ...]  # keys of PRESETS that apply to it
+
+
+DATASET_SPECS: dict[str, DatasetSpec] = {
+    n: DatasetSpec(n, _INPUT_SHAPES[n], network_family(_INPUT_SHAPES[n]), dataset_gains(n),
+                   (f'p1_{DATASET_GAINS[n]}', *_P2_PRESETS.get(n, ()))) for n in DATASETS}
+
+
+def dataset_spec(
+    name: str,  # a name of `hyperlatent.data.DATASETS` or one of its aliases ('fmnist', 'cifar_10', ...)
+) -> DatasetSpec:
+    "The registry entry of dataset `name`; an unknown name is a ValueError that names it."
+    key = _dataset_key(name)
+    if key not in DATASET_SPECS:
+        raise ValueError(f'unknown dataset {name!r}; known: {", ".join(DATASET_SPECS)} (and their aliases)')
+    return DATASET_SPECS[key]
+
+# %% ../nbs/02_vae.ipynb #a3e19766
+def build_vae(
+    input_shape: int | Sequence[int],  # shape of one input, e.g. (1, 8, 8) or (3, 32, 32) or (n_features,)
+    latent_dim: int,  # d
+    *,
+    project: bool = False,  # project samples to radius sqrt(d)
+    hidden: Sequence[int] = (128, 64),  # MLP widths (MLP family only)
+) -> VAE:
+    "The shared network: the family `network_family(input_shape)` names (residual conv for square 32/64-pixel images, else MLP)."
+    shape = _as_shape(input_shape)
+    if network_family(shape) == 'residual':
+        return residual_vae(latent_dim, shape[1], in_channels=shape[0], project=project)
+    return mlp_vae(shape, latent_dim, hidden=hidden, project=project)
 
 # %% ../nbs/02_vae.ipynb #14678f12
 def _sha256(path: Path) -> str:

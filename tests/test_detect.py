@@ -1,4 +1,4 @@
-"""Tests of hyperlatent.detect (baselines, VAE scores, protocols, detector) against independent oracles
+"""Tests of hyperlatent.detect (baselines, VAE scores, detector) against independent oracles
 (scikit-learn, closed forms). The kNN search and the metrics are tested in test_knn.py and test_metrics.py."""
 import numpy as np
 import pytest
@@ -39,12 +39,13 @@ def test_baseline_values_against_sklearn():
         baseline_scores(tr, te, 'ocsvm')
 
 
-# ---------------------------------------------------------------- model scores, protocols, detector
+# ---------------------------------------------------------------- model scores, detector (protocols: test_protocols.py)
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 from hyperlatent.data import load_dataset  # noqa: E402
-from hyperlatent.detect import (MODEL_SCORES, BetaObjective, LatentBank, VAEDetector, conditional_protocol,  # noqa: E402
-                                model_scores, per_sample_kl, unconditional_protocol, vae_trainer)
+from hyperlatent.detect import (MODEL_SCORES, BetaObjective, LatentBank, VAEDetector,  # noqa: E402
+                                model_scores, per_sample_kl)
+from hyperlatent.protocols import vae_trainer  # noqa: E402
 
 
 def test_per_sample_kl_closed_form_for_gaussian():
@@ -91,36 +92,6 @@ def test_model_scores_by_hand():
 @pytest.fixture(scope='module')
 def digits():
     return load_dataset('digits', split='train'), load_dataset('digits', split='test')
-
-
-def test_unconditional_protocol_table(digits):
-    tr, te = digits
-    r = unconditional_protocol(tr, te, {'beta': vae_trainer('beta', latent_dim=4, epochs=2)}, held_out=[3, 7],
-                               baselines=('knn', 'iforest'), latent_baselines=('iforest',))
-    t = r.table
-    assert set(t.split) == {'loco_3', 'loco_7'}
-    assert len(t) == 2 * (2 + len(MODEL_SCORES) + 1)  # per split: 2 pixel baselines + 5 model scores + latent IF
-    assert not t.duplicated(['split', 'model', 'score', 'seed']).any()
-    for split, c in (('loco_3', 3), ('loco_7', 7)):
-        np.testing.assert_array_equal(r.labels[split], (te.y == c).numpy())
-    row = t[(t.split == 'loco_3') & (t.model == 'pixel') & (t.score == 'knn')].iloc[0]
-    # the pixel kNN baseline is independent of the VAE: recompute it with sklearn
-    normal = tr.x[tr.y != 3].reshape(-1, 64).numpy()
-    ref = NearestNeighbors(n_neighbors=3).fit(normal).kneighbors(te.x.reshape(-1, 64).numpy())[0].mean(1)
-    assert row.auroc == pytest.approx(roc_auc_score((te.y == 3).numpy(), ref), abs=1e-12)
-    f, tp = r.roc[('loco_3', 'pixel', 'knn', 0)]
-    assert f[0] == 0 and tp[-1] == 1
-    assert set(r.summary().columns) >= {'model', 'score', 'auroc_mean', 'fpr95_mean'}
-
-
-def test_conditional_protocol_uses_labels(digits):
-    tr, te = digits
-    r = conditional_protocol(tr, te, {'p2-class-axes': vae_trainer('p2-class-axes', latent_dim=10, epochs=2, batch_size=50)},
-                             id_classes=range(5), baselines=(), latent_baselines=(), keep_models=True)
-    np.testing.assert_array_equal(r.labels['cond_01234'], (te.y >= 5).numpy())
-    fm = r.fitted[('cond_01234', 'p2-class-axes', 0)]
-    assert fm.conditional and fm.objective.conditional and fm.objective.n_classes == 5
-    assert len(r.table) == len(MODEL_SCORES)
 
 
 def test_vae_detector_api_and_save_load(tmp_path, digits):
