@@ -677,10 +677,21 @@ def test_float64_data_into_float32_model_is_a_type_error(digits):
 def test_select_device_is_the_shared_one():
     from hyperlatent import _checks, train
     assert train.select_device is _checks.select_device
-    mps = hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()
-    assert select_device().type == ('cuda' if torch.cuda.is_available() else 'mps' if mps else 'cpu')
     with pytest.raises(TypeError, match='epochs'):
         fit(MLPVAE(), torch.rand(10, 1, 8, 8), KLObjective(), epochs=True, progress=False, device='cpu')
+
+
+@pytest.mark.parametrize('cuda, mps, want', [(True, True, 'cuda'), (True, False, 'cuda'), (False, True, 'mps'),
+                                             (False, False, 'cpu')])
+def test_select_device_follows_what_torch_reports(monkeypatch, cuda, mps, want):
+    # the oracle is torch's own availability report, patched both ways (CUDA > MPS > CPU)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, 'is_available', lambda: mps)
+    assert select_device() == torch.device(want)
+    if not cuda:
+        with pytest.raises(ValueError, match='CUDA is not available'):
+            select_device('cuda')
+
 
 
 def test_validation_with_conditional_compression_objective_class_sorted():
@@ -694,3 +705,62 @@ def test_validation_with_conditional_compression_objective_class_sorted():
     res = fit(mlp_vae((1, 8, 8), 32, project=True), (ds.x[:1000], ds.y[:1000]), obj, val_data=(xv, yv), epochs=1,
               batch_size=100, recipe='reference', progress=False, device='cpu', num_threads=1)
     assert np.isfinite(res.history.val_kl).all() and np.isfinite(res.history.val_rec).all()
+
+
+# ----------------------------------------------------------------------------- structure: recipe objects, REFERENCE_RUN lookups
+def test_reference_recipe_reads_its_constants_from_REFERENCE_RUN(digits, monkeypatch):
+    from hyperlatent import vae
+    from hyperlatent.train import FitConfig, ReferenceRecipe
+    x = digits[0][:200]
+    real_update = ReferenceRecipe.update
+
+    def run():
+        seen = []
+
+        def spy(self, i, loss, inputs=None):  # records the loss each optimiser step is taken on
+            seen.append((i, float(loss.detach())))
+            return real_update(self, i, loss, inputs)
+        with monkeypatch.context() as m:
+            m.setattr(ReferenceRecipe, 'update', spy)
+            r = fit(MLPVAE(noise=False), x, KLObjective(), epochs=3, batch_size=200, recipe='reference', progress=False,
+                    device='cpu')
+        return r.history, seen
+
+    h0, s0 = run()
+    archived = dict(vae.REFERENCE_RUN)
+    assert h0.lr_encoder.tolist() == h0.lr_decoder.tolist() == [archived['lr']] * 3
+    assert s0[0] == (0, pytest.approx(archived['loss_scale'] * h0.loss[0], rel=1e-6))
+    patched = dict(lr=1e-2, beta_target=7.0, milestones=(2,), lr_gamma=0.1, loss_scale=0.5)
+    for k, v in patched.items():  # nothing but REFERENCE_RUN's values change
+        monkeypatch.setitem(vae.REFERENCE_RUN, k, v)
+    h, s = run()
+    np.testing.assert_allclose(h.lr_encoder, [1e-2, 1e-2, 1e-3], rtol=1e-12)  # lr, then gamma at the milestone
+    np.testing.assert_allclose(h.lr_decoder, [1e-2, 1e-2, 1e-3], rtol=1e-12)
+    assert h.beta[1] == pytest.approx(7.0 * h.rec[0] / (h.kl[0] + 1e-3), rel=1e-9)  # the autotune target
+    assert [i for i, _ in s[:2]] == [0, 1] and s[0][1] == pytest.approx(0.5 * h.loss[0], rel=1e-6)  # the loss scale
+    cfg = FitConfig.build(KLObjective(), recipe='reference', device='cpu')
+    assert (cfg.lr, cfg.beta_target, cfg.milestones, cfg.gamma, cfg.loss_scale) == (1e-2, 7.0, (2,), 0.1, 0.5)
+    assert FitConfig.build(KLObjective(), recipe='joint', device='cpu').lr != 1e-2  # the joint recipe is unaffected
+
+
+def test_recipes_are_objects_with_a_step_and_no_recipe_branch_in_the_loop():
+    import inspect as _inspect
+    from hyperlatent import train
+    assert set(train.RECIPES) == {'joint', 'reference'}
+    assert all(callable(getattr(r, 'step', None)) for r in train.RECIPES.values())
+    for fn in (train._train_epoch, train._train, train._fit, train._finish_epoch):
+        assert 'recipe ==' not in _inspect.getsource(fn)
+
+
+def test_validation_uses_the_training_forward(digits, monkeypatch):
+    from hyperlatent import train
+    x = digits[0]
+    calls = []
+    real = train.batch_terms
+
+    def spy(*a, training, **k):
+        calls.append(training)
+        return real(*a, training=training, **k)
+    monkeypatch.setattr(train, 'batch_terms', spy)
+    fit(MLPVAE(), x[:800], KLObjective(), val_data=x[800:], epochs=1, batch_size=100, progress=False, device='cpu')
+    assert calls.count(True) == 8 and calls.count(False) == 2  # 8 training batches, 2 validation batches
