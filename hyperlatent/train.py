@@ -463,7 +463,8 @@ def _project_like(model, mu: Tensor) -> Tensor:
     if callable(getattr(model, 'to_latent', None)):
         return model.to_latent(mu)
     if getattr(model, 'project', False):
-        return mu * (math.sqrt(mu.shape[-1]) / mu.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        from hyperlatent.coords import sphere_project  # the VAE's own projection (zero rows -> radius * e_1)
+        return sphere_project(mu)
     return mu
 
 # %% ../nbs/03_train.ipynb #86e699c1
