@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 import hyperlatent
 from hyperlatent.cli import main
 
@@ -193,3 +195,34 @@ def test_report_on_single_run_directory(tmp_path, capsys):
     (tmp_path / 'empty').mkdir()
     assert main(['report', str(tmp_path / 'empty')]) == 2
     assert 'holds no runs' in capsys.readouterr().err
+
+
+def test_sweep_grid_with_list_valued_parameter(tmp_path, capsys):
+    "A list-valued parameter (`hidden = [128, 64]`) takes `hidden: [8, 4]` in a grid file as one value."
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("hidden = [128, 64]  # widths\nx = 1\noutput_dir = '.'",
+                                          metadata={'tags': ['parameters']}),
+                nbformat.v4.new_code_cell("import json, pathlib\npathlib.Path(output_dir, 'metrics.json').write_text("
+                                          "json.dumps({'width_sum': sum(hidden), 'depth': len(hidden)}))")]
+    nbformat.write(nb, tmp_path / 'lists.ipynb')
+    (tmp_path / 'g.yaml').write_text('hidden: [8, 4]\nx: [1, 2]\n')
+    out = tmp_path / 'sw'
+    assert main(['sweep', str(tmp_path / 'lists.ipynb'), '--grid', str(tmp_path / 'g.yaml'), '--out', str(out),
+                 '--workers', '2', '--no-progress']) == 0, capsys.readouterr().err
+    assert '2 runs' in capsys.readouterr().out  # x is the only axis
+    import pandas as pd
+    df = pd.read_csv(out / 'results.csv')
+    assert sorted(df['x']) == [1, 2] and set(df['hidden']) == {'[8, 4]'}
+    assert list(df['width_sum']) == [12, 12] and list(df['depth']) == [2, 2]
+    (tmp_path / 'bad.yaml').write_text('hidden: [[8, 4], 2]\n')
+    assert main(['sweep', str(tmp_path / 'lists.ipynb'), '--grid', str(tmp_path / 'bad.yaml'),
+                 '--out', str(tmp_path / 'bad'), '--no-progress']) == 2
+    assert '{values: [...]}' in capsys.readouterr().err
+
+
+def test_report_help_documents_patterns(capsys):
+    with pytest.raises(SystemExit):
+        main(['report', '-h'])
+    text = capsys.readouterr().out
+    assert "--metric 'auroc*' --metric fpr95" in ' '.join(text.split()) and '--max-plots' in text
