@@ -226,3 +226,20 @@ def test_report_help_documents_patterns(capsys):
         main(['report', '-h'])
     text = capsys.readouterr().out
     assert "--metric 'auroc*' --metric fpr95" in ' '.join(text.split()) and '--max-plots' in text
+
+
+def test_readme_grid_example_expands_as_documented():
+    "The README's grid block, expanded for the flagship notebook: 3 x 3 x 2 runs, `hidden` one fixed list."
+    import re
+    from pathlib import Path
+    from hyperlatent import sweep
+    root = Path(__file__).resolve().parents[1]
+    block = re.search(r'```yaml\n(.*?)```', (root / 'README.md').read_text(), flags=re.S).group(1)
+    nb = root / 'nbs' / 'experiments' / 'anomaly_detection.ipynb'
+    runs = sweep.expand_grid(sweep.yaml.load(block, Loader=sweep._Loader), nb)
+    assert len(runs) == 3 * 3 * 2
+    assert {r['latent_dim'] for r in runs} == {8, 16, 32} and all(r['hidden'] == [128, 64] for r in runs)
+    assert sorted({tuple(r['seeds']) for r in runs}) == [(0,), (1,), (2,)]
+    assert sorted({tuple(r['models']) for r in runs}) == [('beta',), ('p2-vmf',)]
+    for r in runs:
+        sweep.validate_parameters(nb, r, what='grid parameter')
