@@ -476,3 +476,192 @@ def test_orphaned_worker_never_overwrites_a_newer_attempts_status(tmp_path):
     assert sw.read_status(tmp_path) == newer
     rec = sw._run_notebook(TINY, tmp_path / 'late', {}, None, 'python3', None, parent=not_my_parent)
     assert rec['status'] == 'interrupted' and not (tmp_path / 'late').exists()  # a late starter touches nothing
+
+
+# ---------------------------------------------------------------- list-valued parameters in grids
+
+def _list_notebook(path: Path) -> Path:
+    "A notebook with list-valued parameters (`hidden = [128, 64]`, `seeds = [0]`) that echoes what it received."
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("hidden = [128, 64]  # MLP widths\nseeds = [0]  # one model per seed\n"
+                                  "layers = [[1, 2]]  # a list of lists\nheld: list | None = None\nx = 1\n"
+                                  "output_dir = '.'", metadata={'tags': ['parameters']}),
+        nbformat.v4.new_code_cell("import json, pathlib\npathlib.Path(output_dir, 'metrics.json').write_text(json.dumps(\n"
+                                  "    {'hidden': hidden, 'seeds': seeds, 'sum_hidden': sum(hidden), 'x': x}))"),
+    ]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_list_valued_parameters_take_a_list_as_one_value(tmp_path):
+    nb = _list_notebook(tmp_path / 'lists.ipynb')
+    spec = sw.notebook_parameters(nb)
+    assert [sw.list_depth(spec[k]) for k in ('hidden', 'seeds', 'layers', 'held', 'x')] == [1, 1, 2, 1, 0]
+    # expected parameter sets written out by hand (the rule: depth of one value = depth of the default)
+    cases = [
+        ({'hidden': [32, 16]}, [{'hidden': [32, 16]}]),
+        ({'hidden': [[32, 16], [8]]}, [{'hidden': [32, 16]}, {'hidden': [8]}]),
+        ({'hidden': [[32, 16]]}, [{'hidden': [32, 16]}]),  # the old spelling
+        ({'seeds': [0, 1, 2], 'x': [1, 2]}, [{'seeds': [0, 1, 2], 'x': 1}, {'seeds': [0, 1, 2], 'x': 2}]),
+        ({'seeds': {'values': [[0], [1]]}}, [{'seeds': [0]}, {'seeds': [1]}]),
+        ({'x': {'values': [3, 4]}}, [{'x': 3}, {'x': 4}]),
+        ({'layers': [[4], [2, 2]]}, [{'layers': [[4], [2, 2]]}]),
+        ({'layers': [[[4]], [[2, 2]]]}, [{'layers': [[4]]}, {'layers': [[2, 2]]}]),
+        ({'held': [3, 5]}, [{'held': [3, 5]}]),  # annotation `list | None`
+        ({'hidden': []}, [{'hidden': []}]),
+        ({'zip': {'hidden': [[1], [2]], 'x': [5, 6]}}, [{'hidden': [1], 'x': 5}, {'hidden': [2], 'x': 6}]),
+    ]
+    for grid, expected in cases:
+        assert sw.expand_grid(grid, nb) == expected, grid
+        assert sw.expand_grid(grid, spec) == expected, grid
+        for params in expected: sw.validate_parameters(spec, params, what='grid parameter')
+    assert sw.expand_grid({'hidden': [32, 16]}) == [{'hidden': 32}, {'hidden': 16}]  # no notebook: plain axes
+    with pytest.raises(ValueError, match=r"'hidden'.*\{values: \[\.\.\.\]\}"):
+        sw.expand_grid({'hidden': [[32, 16], 8]}, nb)
+    with pytest.raises(ValueError, match="'x'"):
+        sw.expand_grid({'x': {'values': []}}, nb)
+
+
+def test_sweep_with_list_valued_grid_file(tmp_path):
+    nb = _list_notebook(tmp_path / 'lists.ipynb')
+    (tmp_path / 'g.yaml').write_text('hidden: [32, 16]\nseeds: [[0], [1, 2]]\n')
+    out = tmp_path / 'sweep'
+    with pytest.raises(ValueError, match='ambiguous'):  # refused before anything runs
+        sw.run_sweep(nb, {'hidden': [[32, 16], 8]}, out, progress=False)
+    assert not out.exists() or not any(out.iterdir())
+    res = sw.run_sweep(nb, tmp_path / 'g.yaml', out, workers=2, progress=False)
+    assert res.ok and len(res.run_ids) == 2
+    got = sorted((json.loads((Path(d) / 'metrics.json').read_text()) for d in res.results['run_dir']),
+                 key=lambda m: m['seeds'])
+    assert [m['hidden'] for m in got] == [[32, 16], [32, 16]]  # what the kernel received
+    assert [m['seeds'] for m in got] == [[0], [1, 2]]
+    assert [m['sum_hidden'] for m in got] == [48, 48]
+
+
+# ---------------------------------------------------------------- report: metric selection, short table, plots
+
+def _hand_written_sweep(out: Path, dims=(4, 8, 16), models=('m-a', 'm-b'), seeds=(0, 1, 2)) -> Path:
+    """A sweep folder written the way run_sweep writes one (params.json, status.json, metrics.json per run),
+    with metrics named like the anomaly-detection experiment's plus its metadata (latent_dim, epochs, n_seeds, seconds).
+    auroc = 0.6 + 0.01 dim + 0.002 seed (+0.05 for model m-b), fpr95 = 0.5 - 0.01 dim."""
+    for model, dim, seed in __import__('itertools').product(models, dims, seeds):
+        p = {'model': model, 'latent_dim': dim, 'seed': seed}
+        d = out / sw.run_id(p)
+        d.mkdir(parents=True)
+        sw.write_json_atomic(d / 'params.json', {**p, 'output_dir': str(d)})
+        sw.write_json_atomic(d / 'status.json', {'status': 'completed', 'error': None, 'duration_s': 2.0, 'attempts': 1})
+        m = {'dataset': 'digits', 'latent_dim': dim, 'epochs': 20, 'n_seeds': 1, 'n_loco_splits': 10,
+             'seconds_unconditional': 30.0 + seed, 'best': 'x/knn'}
+        for proto in ('uncond', 'cond'):
+            for score in ('knn', 'recon', 'elbo', 'radius'):
+                m[f'{proto}/{score}/auroc'] = 0.6 + 0.01 * dim + 0.002 * seed + (0.05 if model == 'm-b' else 0)
+                m[f'{proto}/{score}/fpr95'] = 0.5 - 0.01 * dim
+                m[f'{proto}/{score}/aupr'] = 0.3
+        sw.write_json_atomic(d / 'metrics.json', m)
+    return out
+
+
+META = {'metrics.latent_dim', 'epochs', 'n_seeds', 'n_loco_splits', 'seconds_unconditional'}
+RESULTS = {f'{p}/{s}/{k}' for p in ('uncond', 'cond') for s in ('knn', 'recon', 'elbo', 'radius')
+           for k in ('auroc', 'fpr95', 'aupr')}
+
+
+def test_select_metrics_by_name_and_wildcard(tmp_path):
+    res = sw.load_results(_hand_written_sweep(tmp_path / 's'))
+    assert set(res.attrs['metrics']) >= META | RESULTS  # what the folder holds (metadata included)
+    assert set(sw.select_metrics(res)) == RESULTS  # default: no metadata, no strings ('dataset', 'best')
+    assert set(sw.select_metrics(res, ['auroc*', 'fpr95'])) == {m for m in RESULTS if m.endswith(('auroc', 'fpr95'))}
+    assert sw.select_metrics(res, ['cond/*/auroc']) == [f'cond/{s}/auroc' for s in ('knn', 'recon', 'elbo', 'radius')]
+    assert sw.select_metrics(res, ['uncond/knn/aupr']) == ['uncond/knn/aupr']
+    aupr = [f'{p}/{s}/aupr' for p in ('uncond', 'cond') for s in ('knn', 'recon', 'elbo', 'radius')]
+    assert sw.select_metrics(res, ['*', 'aupr']) == sw.select_metrics(res)  # '*' skips metadata
+    assert sw.select_metrics(res, ['n_*', 'seconds*', 'aupr']) == ['n_seeds', 'n_loco_splits', 'seconds_unconditional'] + aupr
+    assert sw.select_metrics(res, ['epochs']) == ['epochs']  # a plain name selects metadata on request
+    for name in META | {'seed', 'n', 'duration_s', 'seconds', 'vae_latent_dim', 'lr'}:
+        assert sw.is_metadata(name, ['lr']), name
+    for name in RESULTS | {'y', 'x_squared', 'nested.half', 'leakage'}:
+        assert not sw.is_metadata(name, ['lr']), name
+    with pytest.raises(ValueError, match=r"'auroc_typo\*' matches no numeric metric"):
+        sw.select_metrics(res, ['auroc_typo*'])
+    with pytest.raises(ValueError, match="'best'"):  # a string column is no metric to average
+        sw.select_metrics(res, ['best'])
+    with pytest.raises(TypeError, match='metrics'):
+        sw.select_metrics(res, [3])
+
+
+def test_report_is_readable_on_a_hand_written_sweep(tmp_path, monkeypatch):
+    out = _hand_written_sweep(tmp_path / 's')
+    drawn = []
+    real_plot = sw._plot
+    monkeypatch.setattr(sw, '_plot', lambda summary, m, x, rest, path: (drawn.append((m, x, list(rest))),
+                                                                        real_plot(summary, m, x, rest, path)))
+    results, summary = sw.report(out)
+    # grouped by the swept parameters except seed; means in closed form
+    assert list(summary.columns[:3]) == ['model', 'latent_dim', 'n'] and (summary['n'] == 3).all()
+    bonus = np.where(summary['model'] == 'm-b', 0.05, 0.0)
+    np.testing.assert_allclose(summary['cond/knn/auroc_mean'], 0.6 + 0.01 * summary['latent_dim'] + 0.002 + bonus)
+    np.testing.assert_allclose(summary['cond/knn/auroc_std'], 0.002)
+    assert {c[:-5] for c in summary.columns if c.endswith('_mean')} == RESULTS
+    # plots: metrics only, x = the swept numeric parameter (not the first, categorical one), at most 12
+    assert len(drawn) == 12 and all(m in RESULTS for m, _, _ in drawn)
+    assert all(x == 'latent_dim' and rest == ['model'] for _, x, rest in drawn)
+    pngs = sorted((out / 'report').glob('*.png'))
+    assert len(pngs) == 12 and not any(p.stem.split('_')[0] in ('epochs', 'n', 'seconds', 'metrics.latent') for p in pngs)
+    text = (out / 'report' / 'summary.txt').read_text()
+    lines = text.splitlines()
+    assert max(len(l) for l in lines if not l.startswith(('full table:', 'every run:', 'figures:'))) <= 120
+    assert len(lines) <= 60
+    full = [l for l in lines if l.startswith('full table:')][0].split(': ', 1)[1]
+    assert Path(full).resolve() == (out / 'report' / 'summary.csv').resolve()
+    pd.testing.assert_frame_equal(pd.read_csv(full), summary, check_dtype=False)
+    assert 'not shown: ' in text  # 24 metrics cannot all be shown in 120 columns x 20 rows
+    assert 'metadata, not summarized: ' in text and 'epochs' in text
+    # a narrower selection: groups as rows, every metric shown; stale figures of the last report removed
+    drawn.clear()
+    results, summary = sw.report(out, metrics=['cond/knn/auroc', 'cond/knn/fpr95'])
+    assert sorted(p.name for p in (out / 'report').glob('*.png')) == ['cond_knn_auroc.png', 'cond_knn_fpr95.png']
+    lines = (out / 'report' / 'summary.txt').read_text().splitlines()
+    header = next(l for l in lines if l.startswith('model'))
+    assert header.split() == ['model', 'latent_dim', 'n', 'cond/knn/auroc', 'cond/knn/fpr95']
+    assert 'not shown' not in '\n'.join(lines) and max(map(len, lines[:-2])) <= 120
+    # cells: mean±std, std to 2 significant digits (std of 0.6..0.604 in steps of 0.002 = 0.002)
+    row = next(l for l in lines if l.startswith('m-a') and l.split()[1] == '4').split()
+    assert row[3] == f'{0.6 + 0.04 + 0.002:.4f}±0.0020' and row[4] == f'{0.5 - 0.04:.4g}'
+    with pytest.raises(ValueError, match='max_plots'):
+        sw.report(out, max_plots=-1)
+
+
+def test_report_x_axis_and_log_scale():
+    summary = pd.DataFrame({'dataset': ['a', 'a', 'b', 'b'], 'lr': [1e-4, 1e-1] * 2, 'n': 1,
+                            'y_mean': [1.0, 2, 3, 4], 'y_std': 0.0})
+    assert sw._x_axis(summary, ['dataset', 'lr']) == ('lr', ['dataset'])
+    only_cat = summary.assign(lr=1e-3)
+    assert sw._x_axis(only_cat, ['dataset', 'lr']) == ('dataset', [])  # lr does not vary
+    assert sw._x_axis(summary.iloc[:1], ['dataset', 'lr']) == (None, [])  # nothing varies: no plot
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib.figure import Figure
+    made = []
+    orig = Figure.savefig
+    try:
+        Figure.savefig = lambda self, *a, **k: made.append(self)
+        sw._plot(summary, 'y', 'lr', ['dataset'], Path('unused.png'))
+    finally:
+        Figure.savefig = orig
+    ax = made[0].axes[0]
+    assert ax.get_xscale() == 'log' and ax.get_xlabel() == 'lr' and len(ax.get_legend().get_texts()) == 2
+
+
+def test_report_cli_metric_patterns_and_short_lines(tmp_path, capsys):
+    out = _hand_written_sweep(tmp_path / 's')
+    assert main(['report', str(out), '--metric', 'auroc*', '--metric', 'fpr95', '--max-plots', '3']) == 0
+    printed = capsys.readouterr().out
+    s = pd.read_csv(out / 'report' / 'summary.csv')
+    assert {c[:-5] for c in s.columns if c.endswith('_mean')} == {m for m in RESULTS if m.endswith(('auroc', 'fpr95'))}
+    assert len(list((out / 'report').glob('*.png'))) == 3
+    assert max(len(l) for l in printed.splitlines() if not l.startswith(('full table:', 'figures:'))) <= 120
+    assert f"full table: {out / 'report' / 'summary.csv'}" in printed
+    assert main(['report', str(out), '--metric', 'nope*']) == 2
+    assert "'nope*' matches no numeric metric" in capsys.readouterr().err

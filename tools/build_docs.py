@@ -6,13 +6,17 @@ nbconvert's HTMLExporter without executing it. In the displayed code, nbdev dire
 (e.g. `#| default_exp`) are dropped. Figures saved as image/png outputs are embedded as data URIs.
 Each page gets a small navigation bar; `index.html` lists every page (title = first `# Heading`, with its
 `> summary` line) and `api.html` lists the exported functions/classes of each hyperlatent module with
-signature and docstring. All files are written atomically. Exit status 1 on any failure.
+signature and docstring. All files are written atomically. After building, the site is checked offline
+(`check_site`, skipped with --no-check): every local link and image of every page resolves, every page shows
+each figure its notebook saved as an <img> data URI carrying that image, and api.html has an entry for every
+name in each module's `__all__`. Exit status 1 on any failure.
 
-Usage: python tools/build_docs.py [--nbs nbs] [--out _site]
+Usage: python tools/build_docs.py [--nbs nbs] [--out _site] [--no-check]
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
 import html
 import importlib
@@ -206,15 +210,91 @@ def build(nbs: Path, out: Path) -> int:
     return 0
 
 
+_IMAGE_TYPES = ('image/png', 'image/jpeg')
+_LOCAL = re.compile(r'(?:href|src)="(?![a-z][a-z0-9+.-]*:|#)([^"#?]+)[^"]*"', re.I)
+
+
+def saved_images(nb) -> list[tuple[str, str]]:
+    "(mime type, base64 data) of every image output a page of `nb` shows (after `strip_directives`)."
+    out = []
+    for cell in strip_directives(nb).cells:
+        for o in cell.get('outputs', []):
+            for mime in _IMAGE_TYPES:
+                data = o.get('data', {}).get(mime)
+                if data:
+                    out.append((mime, ''.join(data).replace('\n', '').strip()))
+    return out
+
+
+def check_site(nbs: Path, out: Path) -> list[str]:
+    "Problems of the built site in `out` (empty list: none): broken local links, missing figures, missing API entries."
+    problems = []
+    pages = sorted(out.rglob('*.html'))
+    if not (out / 'index.html').is_file():
+        return [f'{out / "index.html"}: missing']
+    for page_path in pages:  # every local href/src resolves (links in notebooks, the nav bar, the index)
+        text = page_path.read_text(encoding='utf-8')
+        for link in sorted(set(_LOCAL.findall(text))):
+            if not (page_path.parent / html.unescape(link)).exists():
+                problems.append(f'{page_path.relative_to(out)}: broken link {link!r}')
+    index = (out / 'index.html').read_text(encoding='utf-8')
+    for nb_path in notebooks(nbs):
+        rel = nb_path.relative_to(nbs).with_suffix('.html').as_posix()
+        rel = 'home.html' if rel == 'index.html' else rel
+        if f'href="{rel}"' not in index:
+            problems.append(f'index.html: no link to {rel}')
+        if not (out / rel).is_file():
+            problems.append(f'{rel}: missing')
+            continue
+        try:
+            nb = nbformat.read(nb_path, as_version=4)
+        except Exception as e:  # noqa: BLE001 -- build() reports unreadable notebooks already
+            problems.append(f'{nb_path.name}: unreadable ({type(e).__name__})')
+            continue
+        text = (out / rel).read_text(encoding='utf-8')
+        shown = re.findall(r'<img[^>]+src="data:(image/[a-z+]+);base64,([^"]+)"', text)
+        shown = [(m, d.replace('\n', '').strip()) for m, d in shown]
+        for i, (mime, data) in enumerate(saved_images(nb)):
+            if (mime, data) not in shown:
+                problems.append(f'{rel}: figure {i + 1} ({mime}) of {nb_path.name} is not shown as an <img> data URI')
+            else:
+                try:
+                    base64.b64decode(data, validate=True)
+                except ValueError:
+                    problems.append(f'{rel}: figure {i + 1} is not valid base64')
+    api_path = out / 'api.html'
+    if not api_path.is_file():
+        problems.append('api.html: missing')
+    else:
+        api = api_path.read_text(encoding='utf-8')
+        for modname in module_names():
+            mod = importlib.import_module(modname)
+            if f'<h2 id="{modname}">' not in api:
+                problems.append(f'api.html: no section for {modname}')
+            for name in getattr(mod, '__all__', []):
+                if f'id="{modname}.{name}"' not in api:
+                    problems.append(f'api.html: no entry for {modname}.{name}')
+    return problems
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--nbs', type=Path, default=ROOT / 'nbs', help='notebook folder (default: nbs/)')
     ap.add_argument('--out', type=Path, default=ROOT / '_site', help='output folder (default: _site/)')
+    ap.add_argument('--no-check', action='store_true', help='skip the offline checks of the built site')
     a = ap.parse_args(argv)
     if not a.nbs.is_dir():
         print(f'build_docs: --nbs {a.nbs} is not a folder', file=sys.stderr)
         return 1
-    return build(a.nbs, a.out)
+    rc = build(a.nbs, a.out)
+    if a.no_check:
+        return rc
+    problems = check_site(a.nbs, a.out)
+    if problems:
+        print(f'site check: {len(problems)} problem(s):', *problems, sep='\n  ', file=sys.stderr)
+        return 1
+    print(f'site check: ok (links, figures, API entries) in {a.out}')
+    return rc
 
 
 if __name__ == '__main__':
