@@ -126,3 +126,9 @@ def test_rejects_missing_reference(tmp_path):
     with pytest.raises(papermill.PapermillExecutionError, match="must include 'beta'"):
         papermill.execute_notebook(str(NB), str(tmp_path / 'x.ipynb'), kernel_name='python3', cwd=str(ROOT),
                                    progress_bar=False, parameters=dict(objectives=['p1-half'], output_dir=str(tmp_path)))
+
+
+@pytest.mark.parametrize('name', ['generation.ipynb', 'reference_run.ipynb'])
+def test_parameter_vocabulary(name):
+    from hyperlatent.sweep import notebook_parameters
+    assert {'data_root', 'output_dir', 'threads', 'device'} <= set(notebook_parameters(NB.parent / name))
