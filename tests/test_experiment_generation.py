@@ -5,6 +5,7 @@ recomputed here by hand (torch forward passes, numpy, and a Fréchet distance th
 differences and the verdict's "best" entries are recomputed from the per-seed table with pandas.
 """
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,9 @@ def _fd_scipy(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     m1, m2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(s1 @ s2).real
+    with warnings.catch_warnings():  # dead ReLU features make the covariances singular; sqrtm still converges
+        warnings.simplefilter('ignore', linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(s1 @ s2).real
     return float(((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
 
 

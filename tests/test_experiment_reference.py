@@ -87,6 +87,7 @@ def test_training_outputs_and_metrics(trained):
               'history_p2-class-axes.csv', 'history_p2-vmf.csv', 'scores_p2-class-axes.npz', 'scores_p2-vmf.npz'):
         assert (out / f).is_file(), f
     assert m['mode'] == 'train' and m['latent_dim'] == 128 and m['epochs'] == 2 and m['continuation_epochs'] == 1
+    assert m['p2-class-axes/end_compress'] == 126 and m['p2-vmf/end_compress'] == 0  # full compression vs vMF-like
     for name in ('p2-class-axes', 'p2-vmf'):
         z = np.load(out / f'scores_{name}.npz')
         labels, scores = z['labels'], z['scores']
