@@ -10,7 +10,7 @@ EXTRAS     ?= dev,ray,pyod,faiss
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.installed
 
-.PHONY: install demo test test-slow test-all check-sync bench clean-nbs export docs check-outputs
+.PHONY: install demo test test-slow test-all check-sync bench gpu-check clean-nbs export docs check-outputs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,12 @@ test-all: install check-sync
 
 bench: install
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# CUDA paths (fit with AMP, kNN CUDA vs CPU, objective steps/s, sweep GPU pinning) in < 3 min; a table of numbers.
+# Exits 2 without a CUDA device; GPU_CHECK_ARGS=--allow-cpu runs the same checks on the CPU at small sizes.
+GPU_CHECK_ARGS ?=
+gpu-check: install
+	$(BIN)/python bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 export: install
 	$(BIN)/nbdev_export

@@ -16,7 +16,8 @@ papermill = pytest.importorskip('papermill')
 ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / 'nbs' / 'experiments' / 'class_split_audit.ipynb'
 TINY = dict(dataset='digits', representations=['pixel', 'vae_latent'], k=5, k_values=[1, 5], detectors=['knn', 'lof'],
-            seeds=[0, 1], max_train_per_class=20, max_test_per_class=8, vae_epochs=2, vae_latent_dim=4, vae_hidden=[32])
+            seeds=[0, 1], max_train_per_class=20, max_test_per_class=8, vae_epochs=2, vae_latent_dim=4, vae_hidden=[32],
+            threads=1, device='cpu')
 RATES = ('leakage', 'leakage_ratio', 'inversion_rate', 'near_chance_rate', 'rho_dir')
 
 
@@ -39,7 +40,7 @@ def _subsample():
 
 def test_outputs_written(run):
     for f in ('metrics.json', 'table.csv', 'summary.csv', 'per_class.csv', 'sign_agreement.csv', 'leakage_vs_k.csv',
-              'auroc_vs_leakage.png', 'leakage_vs_k.png', 'verdict.md'):
+              'auroc_vs_leakage.png', 'leakage_vs_k.png', 'verdict.txt'):
         assert (run / f).is_file() and (run / f).stat().st_size > 0, f
     assert not list(run.glob('.*.tmp'))  # atomic writes left no temp files
     m = json.loads((run / 'metrics.json').read_text())
@@ -56,7 +57,7 @@ def test_outputs_written(run):
     assert (table.loc[table['representation'] == 'vae_latent', 'vae_kl'] >= 0).all()
     pc = pd.read_csv(run / 'per_class.csv')
     assert len(pc) == 2 * 2 * 10
-    verdict = (run / 'verdict.md').read_text()
+    verdict = (run / 'verdict.txt').read_text()
     assert 'digits / pixel' in verdict and 'digits / vae_latent' in verdict
 
 
@@ -77,3 +78,11 @@ def test_pixel_numbers_match_sklearn(run):
     for c in range(10):
         s = NearestNeighbors(n_neighbors=3).fit(Xtr[ytr != c]).kneighbors(Xte)[0].mean(1)
         assert pc.loc[c, 'auc_knn'] == pytest.approx(roc_auc_score(yte == c, s), abs=1e-9), c
+
+
+def test_parameter_vocabulary():
+    "The shared experiment vocabulary: data_root, output_dir, threads, device (no per-notebook spellings)."
+    from hyperlatent.sweep import notebook_parameters
+    params = notebook_parameters(NB)
+    assert {'data_root', 'output_dir', 'threads', 'device'} <= set(params)
+    assert 'vae_threads' not in params

@@ -14,7 +14,7 @@ def _run(tmp_path, **params):
     out = tmp_path / 'out'
     papermill.execute_notebook(str(NB), str(tmp_path / 'executed.ipynb'), kernel_name='python3',
                                cwd=str(NB.parent), progress_bar=False,
-                               parameters=dict(output_dir=str(out), seeds=[0], n_jobs=1, epochs_per_level=1,
+                               parameters=dict(output_dir=str(out), seeds=[0], n_jobs=1, threads=1, device='cpu', epochs_per_level=1,
                                                monolithic_epochs=1, leaf_epochs=1, **params))
     return out
 
@@ -30,7 +30,8 @@ def test_toy_tiny(tmp_path):
     assert 'strong_auroc_chimera_R1' in m and m['attribution_chance'] == pytest.approx(0.2)
     assert all(isinstance(v, (int, float, str)) for v in m.values())
     assert all(math.isfinite(v) for v in m.values() if isinstance(v, float))
-    assert (out / 'results.csv').exists() and (out / 'results.md').exists() and (out / 'rule_auroc.png').exists()
+    assert (out / 'results.csv').exists() and (out / 'results.txt').exists() and (out / 'rule_auroc.png').exists()
+    assert (out / 'results.txt').read_text().startswith('| rule | ')  # the markdown table
 
 
 def test_digit_pairs_tiny(tmp_path):
@@ -40,3 +41,9 @@ def test_digit_pairs_tiny(tmp_path):
     assert m['dataset'] == 'digit_pairs'
     assert 0.0 <= m['auroc_chimera_no_1_7_mean'] <= 1.0
     assert 'leaf_auroc_d0' in m
+
+
+def test_parameter_vocabulary():
+    "The shared experiment vocabulary: data_root, output_dir, threads, device."
+    from hyperlatent.sweep import notebook_parameters
+    assert {'data_root', 'output_dir', 'threads', 'device'} <= set(notebook_parameters(NB))
