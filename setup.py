@@ -26,7 +26,7 @@ setuptools.setup(
     include_package_data=True,
     install_requires=requirements,
     extras_require={'dev': dev_requirements, 'ray': ['ray[default]>=2.9'],
-                    'pyod': ['pyod>=2.0'],  # VAEDetector becomes a pyod BaseDetector subclass
+                    'pyod': ['pyod>=2.0', 'combo>=0.1'],  # VAEDetector becomes a pyod BaseDetector; combo: pyod.models.combination
                     'faiss': ['faiss-cpu>=1.8'],  # knn backend='faiss' (exact after fp64 re-ranking)
                     'fid': ['torch-fidelity>=0.3']},  # Inception features of generate.InceptionFeatures
     python_requires='>=' + cfg['min_python'],
