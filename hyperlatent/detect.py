@@ -24,7 +24,7 @@ from .vae import (CLASS_AXIS_OBJECTIVES, OBJECTIVES, BetaObjective, CompressionO
                              make_objective, objective_name)
 
 # %% auto #0
-__all__ = ['MODEL_SCORES', 'FittedModel', 'LatentBank', 'encode_bank', 'per_sample_kl', 'model_scores', 'VAEDetector',
+__all__ = ['MODEL_SCORES', 'HAS_PYOD', 'FittedModel', 'LatentBank', 'encode_bank', 'per_sample_kl', 'model_scores', 'VAEDetector',
            'OBJECTIVES', 'make_objective', 'build_vae', 'knn_search', 'knn_score', 'auroc', 'roc_data', 'fpr_at_tpr',
            'aupr', 'detection_metrics', 'BASELINES', 'baseline_scores']
 
@@ -204,10 +204,28 @@ from sklearn.base import BaseEstimator
 
 from ._checks import check_choice, check_float, check_int
 
+try:  # optional: with PyOD installed, VAEDetector is a `pyod.models.base.BaseDetector` (usable in PyOD's tooling)
+    from pyod.models.base import BaseDetector as _PyODBase
+except ImportError:  # without it, the same surface by duck typing
+    _PyODBase = None
+_DETECTOR_BASES = (BaseEstimator,) if _PyODBase is None else (_PyODBase,)  # BaseDetector is itself a BaseEstimator
+HAS_PYOD = _PyODBase is not None
 
-class VAEDetector(BaseEstimator):
-    "VAE-based anomaly detector with a PyOD-style API: higher `decision_function` = more anomalous; `predict` -> 1 = outlier."
+
+def _shape_str(shape) -> str:
+    return '(n, ' + ', '.join(str(int(s)) for s in shape) + ')'
+
+
+class VAEDetector(*_DETECTOR_BASES):
+    """VAE-based anomaly detector with a PyOD-style API: higher `decision_function` = more anomalous; `predict` -> 1 = outlier.
+    Input: a feature matrix (n, f) (MLP VAE) or images (n, c, h, w) / (n, h, w) (one channel; the residual conv VAE for
+    square 32/64-pixel images, the MLP otherwise). A `pyod.models.base.BaseDetector` when PyOD is installed."""
     _estimator_type = 'outlier_detector'  # old scikit-learn spelling; the tags below are what scikit-learn >= 1.6 reads
+    if _PyODBase is not None:  # keep scikit-learn's parameter handling and repr, not PyOD's older copies of them
+        get_params = BaseEstimator.get_params
+        set_params = BaseEstimator.set_params
+        __repr__ = BaseEstimator.__repr__
+        _get_param_names = BaseEstimator.__dict__['_get_param_names']
 
     def __init__(
         self,
@@ -248,31 +266,92 @@ class VAEDetector(BaseEstimator):
         check_choice(self.use_labels, 'use_labels', (None, False, True))
         check_choice(self.preprocessing, 'preprocessing', (False, True))
 
+    def _is_image(self) -> bool:
+        return len(self.input_shape_) == 3
+
     def _scale(self, X: np.ndarray) -> Tensor:
-        return torch.from_numpy(((X - self.data_min_) / self.data_scale_).astype(np.float32))
+        "Min-max scaling: per feature for (n, f) input, per channel for images (n, c, h, w)."
+        lo, sc = self.data_min_, self.data_scale_
+        if X.ndim == 4:
+            lo, sc = lo[:, None, None], sc[:, None, None]
+        return torch.from_numpy(((X - lo) / sc).astype(np.float32))
+
+    def _check_X(self, X, reset: bool) -> np.ndarray:
+        """Validated float64 input: (n, f) through scikit-learn's `validate_data`; images (n, c, h, w) or (n, h, w)
+        (-> one channel) checked here. After fit, an image detector also takes the flattened (n, c*h*w) rows."""
+        from sklearn.utils.validation import validate_data
+        nd = getattr(X, 'ndim', None)
+        if nd is None and isinstance(X, (list, tuple)):
+            nd = np.ndim(X)
+        if reset:
+            if nd in (3, 4):
+                X = np.asarray(X.detach().cpu() if isinstance(X, Tensor) else X, dtype=np.float64)
+                if nd == 3:
+                    X = X[:, None]  # (n, h, w) -> (n, 1, h, w)
+                if min(X.shape) < 1:
+                    raise ValueError(f'X must be non-empty images (n_samples, channels, height, width), got shape {X.shape}')
+                if not np.isfinite(X).all():
+                    raise ValueError('X must contain only finite values (no NaN or inf)')
+                self.input_shape_ = tuple(int(s) for s in X.shape[1:])
+                self.n_features_in_ = int(np.prod(self.input_shape_))
+                return X
+            if nd is not None and nd > 4:
+                raise ValueError('X must be (n_samples, n_features), images (n_samples, height, width) or '
+                                 f'(n_samples, channels, height, width), got {nd} dimensions')
+            X = validate_data(self, X, dtype=np.float64)
+            self.input_shape_ = (int(X.shape[1]),)
+            return X
+        if not self._is_image():
+            if nd in (3, 4):
+                raise ValueError(f'X must be {_shape_str(self.input_shape_)} as in fit (this detector was fitted on '
+                                 f'feature rows), got images of shape {tuple(X.shape)}')
+            return validate_data(self, X, dtype=np.float64, reset=False)
+        c, h, w = self.input_shape_
+        if nd == 2:
+            X = validate_data(self, X, dtype=np.float64, reset=False)  # checks n_features_in_ = c*h*w
+            return X.reshape(len(X), c, h, w)
+        if nd in (3, 4):
+            X = np.asarray(X.detach().cpu() if isinstance(X, Tensor) else X, dtype=np.float64)
+            if nd == 3 and c == 1:
+                X = X[:, None]
+            if X.ndim == 4 and X.shape[1:] == (c, h, w):
+                if not np.isfinite(X).all():
+                    raise ValueError('X must contain only finite values (no NaN or inf)')
+                return X
+        got = tuple(np.shape(X)) if nd is not None else type(X).__name__
+        alt = f' or {_shape_str((h, w))}' if c == 1 else ''
+        raise ValueError(f'X must be images {_shape_str(self.input_shape_)}{alt} as in fit, or their flattened rows '
+                         f'{_shape_str((c * h * w,))}, got {got}')
 
     def fit(self, X, y=None):
         """Train on the rows of X (normal data). Labels `y` are used only when `use_labels` says so: None (default) uses
         them for the class-axis objectives 'p2-class-axes'/'p2-vmf' and ignores them otherwise (e.g. with 'beta'); False always
         ignores them; True requires them (ValueError if `y` is None) and trains per-class axes."""
-        from sklearn.utils.validation import validate_data
         self._validate_params()
         if self.use_labels is True and y is None:
             raise ValueError('use_labels=True needs the class labels: pass fit(X, y)')
         if self.use_labels is True and self.objective_ not in CLASS_AXIS_OBJECTIVES:
             raise ValueError(f"use_labels=True needs a class-axis objective {CLASS_AXIS_OBJECTIVES}, got objective={self.objective!r}")
-        if y is None:
-            X = validate_data(self, X, dtype=np.float64)
-        else:
+        if y is None or getattr(X, 'ndim', np.ndim(X) if isinstance(X, (list, tuple)) else None) in (3, 4):
+            X = self._check_X(X, reset=True)
+            if y is not None:  # images with labels
+                from sklearn.utils.validation import check_consistent_length, column_or_1d
+                y = column_or_1d(y, warn=True)
+                check_consistent_length(X, y)
+        else:  # feature rows with labels: scikit-learn's joint check of X and y
+            from sklearn.utils.validation import validate_data
             X, y = validate_data(self, X, y, dtype=np.float64)
+            self.input_shape_ = (int(X.shape[1]),)
         if X.shape[0] < 4:
             raise ValueError(f'VAEDetector needs at least 4 training rows, got n_samples={X.shape[0]}')
+        axes = (0, 2, 3) if X.ndim == 4 else 0  # images: per channel; feature rows: per feature
+        n_par = X.shape[1]
         if self.preprocessing:
-            self.data_min_ = X.min(0)
-            rng = X.max(0) - self.data_min_
+            self.data_min_ = X.min(axes)
+            rng = X.max(axes) - self.data_min_
             self.data_scale_ = np.where(rng > 0, rng, 1.0)
         else:
-            self.data_min_, self.data_scale_ = np.zeros(X.shape[1]), np.ones(X.shape[1])
+            self.data_min_, self.data_scale_ = np.zeros(n_par), np.ones(n_par)
         Xs = self._scale(X)
         cond = y is not None and self.use_labels is not False and self.objective_ in CLASS_AXIS_OBJECTIVES
         if cond:
@@ -293,7 +372,7 @@ class VAEDetector(BaseEstimator):
         n_classes = len(self.classes_) if cond else None
         obj = make_objective(self.objective_, self.latent_dim, conditional=cond, n_classes=n_classes)
         torch.manual_seed(self.random_state)
-        model = build_vae(data.x.shape[1:], self.latent_dim, project=self.objective != 'beta', hidden=tuple(self.hidden))
+        model = build_vae(self.input_shape_, self.latent_dim, project=self.objective != 'beta', hidden=tuple(self.hidden))
         res = fit(model, data if cond else data.x, obj, epochs=self.epochs, batch_size=bs, lr=self.lr, beta=self.beta,
                   device=self.device, seed=self.random_state, progress=bool(self.verbose), conditional=cond)
         self.fitted_ = FittedModel(res.model, obj, res.beta, cond, res.history)
@@ -303,9 +382,17 @@ class VAEDetector(BaseEstimator):
         return self
 
     def _set_threshold(self) -> None:
-        "PyOD's `_process_decision_scores`: threshold at the 100 (1 - contamination) percentile of the training scores, and labels_."
+        """PyOD's `_process_decision_scores` (called itself when PyOD is installed): threshold_ at the 100 (1 - contamination)
+        percentile of the training scores, labels_ = scores > threshold_, and PyOD's private _mu, _sigma, _classes."""
+        if _PyODBase is not None:
+            self._classes = 2
+            self._process_decision_scores()
+            self.threshold_ = float(self.threshold_)
+            self.labels_ = np.asarray(self.labels_, dtype=np.int64)
+            return
         self.threshold_ = float(np.percentile(self.decision_scores_, 100 * (1 - self.contamination)))
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
+        self._mu, self._sigma, self._classes = float(np.mean(self.decision_scores_)), float(np.std(self.decision_scores_)), 2
 
     def _scores(self, Xs: Tensor, train: bool = False) -> np.ndarray:
         if self.anomaly_score == 'knn':
@@ -319,10 +406,9 @@ class VAEDetector(BaseEstimator):
 
     def decision_function(self, X) -> np.ndarray:
         "(n,) anomaly scores, higher = more anomalous."
-        from sklearn.utils.validation import check_is_fitted, validate_data
+        from sklearn.utils.validation import check_is_fitted
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
-        return self._scores(self._scale(X))
+        return self._scores(self._scale(self._check_X(X, reset=False)))
 
     def predict(self, X, return_confidence: bool = False):
         "(n,) 1 = outlier (score above the contamination threshold), 0 = inlier; with `return_confidence`: (labels, confidence)."
@@ -381,7 +467,7 @@ class VAEDetector(BaseEstimator):
         "Write the fitted detector to one file, atomically (temp file + rename)."
         from sklearn.utils.validation import check_is_fitted
         check_is_fitted(self)
-        state = dict(format='hyperlatent.VAEDetector/1', params=self.get_params(),
+        state = dict(format='hyperlatent.VAEDetector/2', params=self.get_params(), input_shape=list(self.input_shape_),
                      n_features_in_=self.n_features_in_, data_min_=torch.from_numpy(self.data_min_),
                      decision_scores_=torch.from_numpy(self.decision_scores_),
                      data_scale_=torch.from_numpy(self.data_scale_), threshold_=self.threshold_,
@@ -395,18 +481,20 @@ class VAEDetector(BaseEstimator):
     def load(cls, path) -> 'VAEDetector':
         "Read a detector written by `save`."
         st = torch.load(path, map_location='cpu', weights_only=True)
-        if st.get('format') != 'hyperlatent.VAEDetector/1':
+        if st.get('format') not in ('hyperlatent.VAEDetector/1', 'hyperlatent.VAEDetector/2'):
             raise ValueError(f'{path} is not a saved VAEDetector (format {st.get("format")!r})')
         params = dict(st['params']); params['hidden'] = tuple(params['hidden'])
         det = cls(**params)
         det.n_features_in_ = st['n_features_in_']
+        det.input_shape_ = tuple(int(s) for s in st.get('input_shape', [det.n_features_in_]))  # format 1: feature rows
         det.data_min_, det.data_scale_ = st['data_min_'].numpy(), st['data_scale_'].numpy()
         det.decision_scores_ = st['decision_scores_'].numpy()
-        det.threshold_ = st['threshold_']
+        det._set_threshold()  # recomputes threshold_ and labels_ from the saved training scores ...
+        det.threshold_ = st['threshold_']  # ... and keeps the saved threshold bit for bit
         det.labels_ = (det.decision_scores_ > det.threshold_).astype(np.int64)
         det.objective_ = objective_name(det.objective)
         obj = make_objective(det.objective_, det.latent_dim, conditional=st['conditional'], n_classes=st['n_classes'])
-        model = build_vae((det.n_features_in_,), det.latent_dim, project=det.objective != 'beta', hidden=det.hidden)
+        model = build_vae(det.input_shape_, det.latent_dim, project=det.objective != 'beta', hidden=det.hidden)
         model.load_state_dict(st['model'])
         model.to(det.device).eval()
         det.fitted_ = FittedModel(model, obj, st['beta'], st['conditional'])
