@@ -205,8 +205,8 @@ def _faiss():
 def _pick_backend(backend: str, B: Tensor) -> str:
     "'torch' or 'faiss' for a validated bank `B` (dtype and device already resolved)."
     ok = B.device.type == 'cpu' and B.dtype == torch.float32
-    if backend == 'auto':
-        return 'faiss' if ok and _faiss() is not None else 'torch'
+    if backend == 'auto':  # our GEMM blocks: faster than faiss's flat index in bench/bench_knn.py (see above)
+        return 'torch'
     if backend == 'faiss':
         if _faiss() is None:
             raise ImportError("backend='faiss' needs faiss: pip install faiss-cpu (or use backend='torch' / 'auto')")
@@ -287,7 +287,7 @@ def knn_search(
     exclude_self: bool = False,  # query IS the bank (same rows): never return row i as a neighbour of row i
     chunk_size: int | None = None,  # query rows per block; default: as many as fit `_BLOCK_BYTES` (at least 16)
     device: str | torch.device | None = None,  # where to compute; default: the device of the torch input(s), else CPU
-    backend: str = 'auto',  # candidate search: 'torch' (GEMM blocks), 'faiss' (flat index), 'auto': faiss for CPU float32 if installed
+    backend: str = 'auto',  # candidate search: 'torch' (GEMM blocks), 'faiss' (flat index), 'auto': torch (faster in bench/bench_knn.py)
 ) -> tuple:  # (dist (n_query, k) ascending, idx (n_query, k) int64): numpy if both inputs are numpy, else torch
     "Exact Euclidean k nearest bank rows of every query row, ties broken by the lower bank index, in bounded memory."
     k = check_int(k, 'k')
