@@ -292,7 +292,7 @@ def test_phase_report_end_to_end(digits_model, tmp_path):
     from hyperlatent.leakage import class_leakage
     from hyperlatent.metrics import detection_metrics
     vae, data = digits_model
-    rep = phase_report(vae, data, name='m0', n_hamiltonians=4, n_pairs=2)
+    rep = phase_report(vae, data, name='m0', n_hamiltonians=4, n_pairs=4)
     with torch.no_grad():
         mu = {k: vae.encode(data[k][0] if k != 'ood' else data[k])[0].double().numpy() for k in data}
     # every number is the one the wrapped functions give
@@ -307,7 +307,12 @@ def test_phase_report_end_to_end(digits_model, tmp_path):
     assert rep.metrics['leakage'] == pytest.approx(cl.leakage)
     assert rep.metrics['regime'] in ('well-posed', 'caution', 'ill-posed')
     assert (rep.metrics['regime'] == 'ill-posed') == any('ill-posed' in w for w in rep.warnings)
-    assert math.isfinite(rep.metrics['trivialisation_ratio']) or rep.metrics['trivialisation_ratio'] is None
+    m = rep.metrics
+    if m['hc2'] > 0:
+        assert m['trivialisation_ratio'] == pytest.approx(m['h2'] / m['hc2']) and m['trivial'] == (m['h2'] > m['hc2'])
+    else:  # h_c^2 <= 0: stored as None (JSON), trivial iff there is any field
+        assert m['trivialisation_ratio'] is None and m['trivial'] == (m['h2'] > 0)
+    assert m['h_c'] == pytest.approx(math.sqrt(max(m['hc2'], 0)))
     assert rep.block_knn['accuracy'][0] == pytest.approx(rep.metrics['knn_acc_b1'])
     # density of P(R) integrates to 1
     assert sum(rep.overlap['density']) * 2 / len(rep.overlap['density']) == pytest.approx(1.0)
