@@ -1165,5 +1165,48 @@ def report(out_dir: str | Path, # a sweep folder, or a single run directory
             for m in todo: _plot(summary, m, x, rest, rep / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', m)}.png")
             skipped = f' of {len(names)} metrics (raise --max-plots)' if len(todo) < len(names) else ''
             text.append(f'figures:    {len(todo)}{skipped}, x = {x}: {_show(rep)}')
-    (rep / 'summary.txt').write_text('\n'.join(text) + '\n')
+    text += _phase_summary(out_dir, rep, width)
+    atomic_write(rep / 'summary.txt', '\n'.join(text) + '\n')
     return results, summary
+
+_PHASE_COLS = ('phase', 'chi_norm', 'mean_R', 'flow_exponent', 'trivialisation_ratio', 'auroc', 'fpr95', 'leakage')
+
+
+def _phase_summary(out_dir: Path, rep: Path, width: int) -> list[str]:
+    """Collect the phase reports (`hyperlatent.phase.PhaseReport.save`) of every run into report/phase_reports.csv
+    and return summary lines: how many, their phase labels, and a short table. Reads the JSON directly, so the
+    sweep module stays torch-free."""
+    import pandas as pd
+    dirs = _run_dirs(out_dir) or [out_dir]
+    rows = []
+    for d in dirs:
+        files = ([d / 'phase_report.json'] if (d / 'phase_report.json').is_file() else []) + \
+            sorted(d.glob('phase_reports/*/phase_report.json'))
+        for f in files:
+            try:
+                rec = json.loads(f.read_text())
+            except (OSError, ValueError) as e:
+                rows.append(dict(run_id=d.name, report=f.parent.name, error=f'unreadable: {e}'))
+                continue
+            m = {k: v for k, v in (rec.get('metrics') or {}).items() if not isinstance(v, (list, dict))}
+            rows.append(dict(run_id=d.name, report=rec.get('name') or f.parent.name, **m,
+                             warnings='; '.join(rec.get('warnings') or [])))
+    if not rows:
+        (rep / 'phase_reports.csv').unlink(missing_ok=True)  # a table of an earlier report would mislead
+        return []
+    table = pd.DataFrame(rows)
+    atomic_write(rep / 'phase_reports.csv', table.to_csv(index=False))
+    lines = ['', f'phase reports: {len(table)}']
+    if 'phase' in table:
+        counts = table['phase'].value_counts().to_dict()
+        lines[-1] += ' (' + ', '.join(f'{v} {k}' for k, v in counts.items()) + ')'
+    cols = ['report'] + [c for c in _PHASE_COLS if c in table]
+    show = table[cols].head(20)
+    widths = {c: max(len(c), *(len(_num(v)) for v in show[c])) for c in cols}
+    lines.append(_clip('  '.join(c.ljust(widths[c]) for c in cols), width))
+    for _, r in show.iterrows():
+        lines.append(_clip('  '.join(_num(r[c]).ljust(widths[c]) for c in cols), width))
+    if len(table) > len(show): lines.append(f'... {len(table) - len(show)} more')
+    lines.append(f"phase table: {_show(rep / 'phase_reports.csv')}")
+    return lines
+

@@ -665,3 +665,33 @@ def test_report_cli_metric_patterns_and_short_lines(tmp_path, capsys):
     assert f"full table: {out / 'report' / 'summary.csv'}" in printed
     assert main(['report', str(out), '--metric', 'nope*']) == 2
     assert "'nope*' matches no numeric metric" in capsys.readouterr().err
+
+
+def test_report_collects_phase_reports_of_each_run(tmp_path):
+    # phase reports written by `hyperlatent.phase.PhaseReport.save` (json layout of `to_dict`) in two of the runs
+    out = _hand_written_sweep(tmp_path / 's')
+    runs = sorted(p for p in out.iterdir() if (p / 'params.json').is_file())
+    want = []
+    for i, d in enumerate(runs[:2]):
+        rec = dict(name=f'model{i}', metrics=dict(phase=['ordered', 'disordered'][i], chi_norm=0.25 + i, mean_R=0.9 - i / 2,
+                                                   auroc=0.7 + i / 10, per_block=[1, 2]),
+                   overlap={}, flow={}, block_knn={}, covariance={}, warnings=['ill-posed split'] if i else [])
+        sub = d / 'phase_reports' / f'model{i}'
+        sub.mkdir(parents=True)
+        (sub / 'phase_report.json').write_text(json.dumps(rec))
+        want.append((d.name, rec))
+    sw.report(out)
+    table = pd.read_csv(out / 'report' / 'phase_reports.csv')
+    assert list(table['run_id']) == [w[0] for w in want] and list(table['report']) == ['model0', 'model1']
+    np.testing.assert_allclose(table['chi_norm'], [0.25, 1.25])
+    assert 'per_block' not in table  # only scalar metrics are tabulated
+    assert table['warnings'].fillna('').tolist() == ['', 'ill-posed split']
+    text = (out / 'report' / 'summary.txt').read_text()
+    assert 'phase reports: 2 (1 ordered, 1 disordered)' in text
+    assert 'phase table: ' in text and all(len(l) <= 120 for l in text.splitlines()[-5:-1])
+    # no phase reports: no phase section, no stale table
+    for d in runs[:2]:
+        import shutil; shutil.rmtree(d / 'phase_reports')
+    sw.report(out)
+    assert not (out / 'report' / 'phase_reports.csv').exists()
+    assert 'phase reports' not in (out / 'report' / 'summary.txt').read_text()
