@@ -27,7 +27,7 @@ def _param_table(notebook) -> str:
     return '\n'.join('  '.join(c.ljust(w) for c, w in zip(r[:3], widths)) + ('  ' + r[3] if r[3] else '')
                      for r in rows).rstrip() + '\n'
 
-
+# %% ../nbs/10_cli.ipynb #0c3a01a0
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.list_params:
         print(_param_table(args.notebook), end='')
@@ -48,7 +48,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(msg, file=sys.stdout if rec['status'] == _sweep.COMPLETED else sys.stderr)
     return 0 if rec['status'] == _sweep.COMPLETED else 1
 
-
+# %% ../nbs/10_cli.ipynb #ac39fa59
 def _cmd_sweep(args: argparse.Namespace) -> int:
     gpus = None if args.gpus is None else [g for g in args.gpus.split(',') if g.strip()]
     res = _sweep.run_sweep(args.notebook, args.grid, args.out, workers=args.workers, engine=args.engine,
@@ -62,32 +62,32 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
           + ', '.join(f'{v} {k}' for k, v in sorted(counts.items())) + f" -> {res.out_dir / 'results.csv'}")
     return 0 if res.ok else 1
 
-
+# %% ../nbs/10_cli.ipynb #ecdec1f0
 def _cmd_report(args: argparse.Namespace) -> int:
     results, summary = _sweep.report(args.dir, by=args.by, metrics=args.metric, plots=not args.no_plots,
                                      max_plots=args.max_plots)
     print((Path(args.dir) / 'report' / 'summary.txt').read_text(), end='')
     return 0
 
-
+# %% ../nbs/10_cli.ipynb #68820cbe
 def _positive_float(text: str) -> float:
     v = float(text)
     if not v > 0: raise argparse.ArgumentTypeError(f'expected a positive number of seconds, got {text}')
     return v
 
-
+# %% ../nbs/10_cli.ipynb #eeea0193
 def _wait_seconds(text: str) -> float | None:
     v = float(text)
     if not v >= 0: raise argparse.ArgumentTypeError(f'expected a number of seconds >= 0 (or inf), got {text}')
     return None if v == float('inf') else v
 
-
+# %% ../nbs/10_cli.ipynb #c09711d1
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument('--timeout', type=_positive_float, default=None, help='wall-clock limit per run, seconds (kernel killed)')
     p.add_argument('--kernel', default='python3', help='Jupyter kernel name (default: python3)')
     p.add_argument('--cwd', default=None, help='working directory of the kernel (default: the current one)')
 
-
+# %% ../nbs/10_cli.ipynb #e4da0884
 def build_parser() -> argparse.ArgumentParser:
     "The `hyperlatent` argument parser with all subcommands."
     p = argparse.ArgumentParser(prog='hyperlatent', description='Hyperspherical VAE latents: experiments and tools.')
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=_cmd_report)
     return p
 
-
+# %% ../nbs/10_cli.ipynb #8958bdf8
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `hyperlatent` console script; returns the process exit code."
     parser = build_parser()

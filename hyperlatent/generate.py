@@ -93,7 +93,7 @@ _DIGITS_NETS: dict[int, nn.Module] = {}
 def _digits_net() -> nn.Sequential:
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
 
-
+# %% ../nbs/03a_generate.ipynb #34eaea77
 def _train_digits_net(seed: int, steps: int = 150) -> nn.Sequential:
     from hyperlatent.data import load_dataset
     ds = load_dataset('digits', split='train')
@@ -109,7 +109,7 @@ def _train_digits_net(seed: int, steps: int = 150) -> nn.Sequential:
         opt.zero_grad(); loss.backward(); opt.step()
     return net.eval()
 
-
+# %% ../nbs/03a_generate.ipynb #b87cdb91
 class DigitsFeatures:
     "Embedded offline feature space for 8x8 digits: penultimate activations (64-d) of a seeded MLP classifier."
 
@@ -153,7 +153,7 @@ class DigitsFeatures:
     def __repr__(self):
         return f'DigitsFeatures(seed={self.seed})'
 
-
+# %% ../nbs/03a_generate.ipynb #198e2a57
 class InceptionFeatures:
     "Inception-v3 pool3 (2048-d) features via torch-fidelity (imported lazily; needs its weights)."
 
@@ -200,13 +200,13 @@ def _images(data, name: str) -> Tensor:
         raise ValueError(f'{name} must hold a batch of inputs (N, ...), got shape {tuple(x.shape)}')
     return x
 
-
+# %% ../nbs/03a_generate.ipynb #c1dc0061
 def _param(model) -> Tensor:
     if not isinstance(model, VAE):
         raise TypeError(f'model must be a hyperlatent.vae.VAE, got {type(model).__name__}')
     return next(model.parameters())
 
-
+# %% ../nbs/03a_generate.ipynb #f94c2f32
 def _batched(model: VAE, fn: Callable[[Tensor], Any], x: Tensor, batch_size: int):
     p = _param(model)
     was = model.training
@@ -220,12 +220,12 @@ def _batched(model: VAE, fn: Callable[[Tensor], Any], x: Tensor, batch_size: int
         return tuple(torch.cat(o) for o in zip(*outs))
     return torch.cat(outs)
 
-
+# %% ../nbs/03a_generate.ipynb #9661b0e6
 def encode_means(model: VAE, data, batch_size: int = 512) -> tuple[Tensor, Tensor]:
     "(mu, logvar) of the encoder on `data` (eval mode, no grad, batched)."
     return _batched(model, model.encode, _images(data, 'data'), check_int(batch_size, 'batch_size', lo=1))
 
-
+# %% ../nbs/03a_generate.ipynb #2296e634
 def sample_latents(
     model: VAE,  # the trained VAE
     n: int,  # number of latents
@@ -262,12 +262,12 @@ def sample_latents(
             z = model.to_latent(mu.cpu()[idx] + torch.exp(0.5 * logvar.cpu()[idx]) * eps)
     return z.to(device=p.device, dtype=p.dtype)
 
-
+# %% ../nbs/03a_generate.ipynb #93df8b60
 def decode_latents(model: VAE, z: Tensor, batch_size: int = 512) -> Tensor:
     "Decoded images of latents `z` (eval mode, no grad, batched)."
     return _batched(model, model.decode, z, check_int(batch_size, 'batch_size', lo=1))
 
-
+# %% ../nbs/03a_generate.ipynb #a697687f
 def reconstruct(model: VAE, data, batch_size: int = 512) -> Tensor:
     "Deterministic reconstructions decode(to_latent(mu)) of `data`."
     return _batched(model, lambda b: model.decode(model.to_latent(model.encode(b)[0])), _images(data, 'data'),
@@ -281,12 +281,12 @@ def _features(features, x: Tensor) -> Tensor:
         raise ValueError(f'features must map (n, ...) images to (n, f) features, got shape {tuple(f.shape)}')
     return f
 
-
+# %% ../nbs/03a_generate.ipynb #207968ac
 def _generated(model, n, sampler, generator, data, batch_size):
     z = sample_latents(model, n, sampler, generator=generator, data=data)
     return decode_latents(model, z, batch_size)
 
-
+# %% ../nbs/03a_generate.ipynb #85da1c7f
 def self_fid(
     model: VAE,  # the trained VAE
     heldout,  # held-out images (tensor or LabeledDataset)
@@ -305,7 +305,7 @@ def self_fid(
     rec = reconstruct(model, x, batch_size)
     return frechet_distance(_features(features, gen), _features(features, rec))
 
-
+# %% ../nbs/03a_generate.ipynb #71ec576e
 def fid(
     model: VAE,  # the trained VAE
     real,  # real images (tensor or LabeledDataset)
@@ -323,7 +323,7 @@ def fid(
     gen = _generated(model, n, sampler, generator, data, batch_size)
     return frechet_distance(_features(features, gen), _features(features, x))
 
-
+# %% ../nbs/03a_generate.ipynb #27ac8542
 def reconstruction_mse(
     model: VAE,
     data,  # images (tensor or LabeledDataset)
@@ -338,20 +338,20 @@ def reconstruction_mse(
     per = per.sum(1) if reduction == 'sum' else per.mean(1)
     return float(per.mean())
 
-
+# %% ../nbs/03a_generate.ipynb #32a5e4fd
 def _labels_of(ds, name: str) -> Tensor:
     y = getattr(ds, 'y', None)
     if y is None:
         raise TypeError(f'{name} must be a LabeledDataset (with .x and .y) or an (x, y) pair')
     return torch.as_tensor(y).long()
 
-
+# %% ../nbs/03a_generate.ipynb #f382187d
 def _xy(ds, name):
     if isinstance(ds, (tuple, list)) and len(ds) == 2:
         return _images(ds[0], name), torch.as_tensor(ds[1]).long()
     return _images(ds, name), _labels_of(ds, name)
 
-
+# %% ../nbs/03a_generate.ipynb #880069f6
 def latent_knn_accuracy(
     model: VAE,
     train,  # LabeledDataset or (x, y): the kNN bank

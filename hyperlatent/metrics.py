@@ -46,7 +46,7 @@ def _check_labels_scores(labels, scores) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f'scores must be finite, got {int((~np.isfinite(scores)).sum())} NaN/inf values')
     return labels.astype(np.int64), scores
 
-
+# %% ../nbs/04a_metrics.ipynb #75ec4184
 def auroc(
     labels,  # (n,) 1 = OOD / anomaly (positive), 0 = in-distribution
     scores,  # (n,) anomaly scores, higher = more anomalous
@@ -56,7 +56,7 @@ def auroc(
     labels, scores = _check_labels_scores(labels, scores)
     return float(roc_auc_score(labels, scores))
 
-
+# %% ../nbs/04a_metrics.ipynb #db8abf7a
 def roc_data(
     labels,  # (n,) 1 = OOD, 0 = ID
     scores,  # (n,) higher = more anomalous
@@ -67,7 +67,7 @@ def roc_data(
     fpr, tpr, thr = roc_curve(labels, scores)
     return fpr, tpr, thr
 
-
+# %% ../nbs/04a_metrics.ipynb #390c3107
 def _fpr_at(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
     i = int(np.searchsorted(tpr, target, side='left'))  # first vertex with TPR >= target (tpr is sorted)
     if tpr[i] == target or i == 0:
@@ -78,7 +78,7 @@ def _fpr_at(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
 
 FPR_CONVENTIONS = ('interpolated', 'openood')
 
-
+# %% ../nbs/04a_metrics.ipynb #19def063
 def fpr_at_tpr(
     labels,  # (n,) 1 = OOD (positive), 0 = ID
     scores,  # (n,) higher = more anomalous
@@ -96,7 +96,7 @@ def fpr_at_tpr(
 
 AUPR_CONVENTIONS = ('average_precision', 'trapezoid')
 
-
+# %% ../nbs/04a_metrics.ipynb #46f716ce
 def aupr(
     labels,  # (n,) 1 = OOD, 0 = ID
     scores,  # (n,) higher = more anomalous
@@ -115,7 +115,6 @@ def aupr(
         return float(average_precision_score(labels, scores))
     precision, recall, _ = precision_recall_curve(labels, scores)
     return float(auc(recall, precision))
-
 
 # %% ../nbs/04a_metrics.ipynb #23f65070
 def detection_metrics(

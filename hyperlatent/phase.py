@@ -162,7 +162,7 @@ def _bisect_min(f1: Callable, a: float, b: float, iters: int = 200) -> float:
             hi = mid
     return 0.5 * (lo + hi)
 
-
+# %% ../nbs/06a_phase.ipynb #9bc81384
 def _root(f: Callable, a: float, b: float) -> float:
     "Root of f on [a, b] (sign change); an end where f has the root's sign within rounding is returned as is."
     from scipy.optimize import brentq
@@ -172,7 +172,7 @@ def _root(f: Callable, a: float, b: float) -> float:
             return a if abs(fa) <= abs(fb) or not math.isfinite(fb) else b
         return float(brentq(f, a, b, xtol=1e-15 * max(1.0, abs(a), abs(b)), rtol=8.9e-16, maxiter=500))
 
-
+# %% ../nbs/06a_phase.ipynb #c8f44533
 def _tangent_index(D: np.ndarray, c: np.ndarray) -> int:
     """Negative eigenvalues of diag(D) restricted to the tangent space c-perp (eigenbasis of J).
 
@@ -186,7 +186,7 @@ def _tangent_index(D: np.ndarray, c: np.ndarray) -> int:
     B[:N, :N] = np.diag(D); B[:N, N] = c; B[N, :N] = c
     return int((np.linalg.eigvalsh(B) < 0).sum()) - 1
 
-
+# %% ../nbs/06a_phase.ipynb #0e8f18e3
 def p2_critical_points(
     J,  # (N, N) symmetric couplings
     h,  # (N,) field vector: H(s) = -1/2 s^T J s - h . s
@@ -366,7 +366,7 @@ def _split(ds, name: str, need_labels: bool = True):
             raise ValueError(f'data[{name!r}]: {len(x)} inputs but {len(y)} labels')
     return x, y
 
-
+# %% ../nbs/06a_phase.ipynb #2eb94518
 def _parse_data(data):
     if isinstance(data, dict):
         unknown = set(data) - {'train', 'test', 'ood'}
@@ -377,7 +377,7 @@ def _parse_data(data):
         return (*data, None) if len(data) == 2 else tuple(data)
     raise TypeError("data must be a dict {'train', 'test'[, 'ood']} or a tuple (train, test[, ood])")
 
-
+# %% ../nbs/06a_phase.ipynb #7419da33
 @torch.no_grad()
 def _encode(model, x: Tensor, batch: int = 1024) -> Tensor:
     model.eval()
@@ -385,7 +385,7 @@ def _encode(model, x: Tensor, batch: int = 1024) -> Tensor:
     return torch.cat([model.encode(x[i:i + batch].to(p.device, p.dtype))[0].detach().cpu().double()
                       for i in range(0, len(x), batch)])
 
-
+# %% ../nbs/06a_phase.ipynb #2b7ed211
 def _f(v) -> float:
     try:
         return float(v)
@@ -416,7 +416,7 @@ _TABLE_ROWS = [  # (key, group, description)
     ('regime', 'leakage', 'class-split audit regime (well-posed / caution / ill-posed)'),
 ]
 
-
+# %% ../nbs/06a_phase.ipynb #b3cbd42e
 @dataclass
 class PhaseReport:
     "Phase evidence, landscape, class structure, detection and leakage of one trained model (see `phase_report`)."
@@ -523,7 +523,7 @@ class PhaseReport:
         fig.tight_layout()
         return fig
 
-
+# %% ../nbs/06a_phase.ipynb #cec70b7d
 def _jsonable(o):
     if isinstance(o, dict):
         return {str(k): _jsonable(v) for k, v in o.items()}
@@ -621,7 +621,7 @@ def phase_report(
                        flow=dict(block_sizes=flow['block_sizes'], b_eff=flow['b_eff'], M=flow['M']),
                        block_knn=bk, covariance=_jsonable(cov), warnings=warns, name=name)
 
-
+# %% ../nbs/06a_phase.ipynb #df1f35a3
 def load_phase_reports(
     run_dir,  # a run directory: reads <run_dir>/phase_report.json and <run_dir>/phase_reports/*/phase_report.json
 ) -> dict:  # {name: PhaseReport}; empty when the run wrote none
@@ -635,7 +635,7 @@ def load_phase_reports(
         out[rep.name or (f.parent.name if f.parent != run_dir else run_dir.name)] = rep
     return out
 
-
+# %% ../nbs/06a_phase.ipynb #82916f81
 def phase_reports_table(
     run_dir,  # a run directory (see `load_phase_reports`)
 ) -> pd.DataFrame:  # one row per saved report: name + its scalar metrics

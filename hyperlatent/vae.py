@@ -234,7 +234,7 @@ def _check_variant(variant) -> str:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     return variant
 
-
+# %% ../nbs/02_vae.ipynb #fe78ec0c
 def _check_labels(labels, n: int, n_classes, stride, d: int, device) -> tuple[Tensor, int]:
     "Validate class labels for the conditional loss; returns (labels on the right device, n_classes)."
     if not isinstance(labels, Tensor):
@@ -264,7 +264,7 @@ def _check_labels(labels, n: int, n_classes, stride, d: int, device) -> tuple[Te
         raise ValueError(f'every class needs at least 2 samples per batch (unbiased variance); classes {single} have 1')
     return labels, n_classes
 
-
+# %% ../nbs/02_vae.ipynb #d7d071e2
 def _class_stats(C: Tensor, labels: Tensor, n_classes: int) -> tuple[Tensor, Tensor]:
     "Per-class column means and unbiased variances, (n_classes, k) each, by two-pass scatter-adds (O(N k))."
     counts = torch.bincount(labels, minlength=n_classes).to(C.dtype).unsqueeze(1)
@@ -273,14 +273,14 @@ def _class_stats(C: Tensor, labels: Tensor, n_classes: int) -> tuple[Tensor, Ten
     var = C.new_zeros(n_classes, C.shape[1]).index_add(0, labels, dev * dev) / (counts - 1)
     return means, var
 
-
+# %% ../nbs/02_vae.ipynb #e0a634f5
 def _roll_rows(x: Tensor, shifts: Tensor) -> Tensor:
     "Row i rolled left by shifts[i]: out[i, j] = x[i, (j + shifts[i]) % d] (= torch.roll(x[i], -shifts[i]))."
     d = x.shape[1]
     idx = (torch.arange(d, device=x.device).unsqueeze(0) + shifts.unsqueeze(1)) % d
     return x.gather(1, idx)
 
-
+# %% ../nbs/02_vae.ipynb #692e9674
 def _angular_mu_setup(mu, *, variant, mode='full', end_compress=None, labels=None, n_classes=None,
                       class_axis_stride=10, epoch=0, training=True) -> tuple[Tensor, dict]:
     "Validate the angular-mu arguments; return (the rows whose cosines enter the loss, the settings)."
@@ -308,7 +308,7 @@ def _angular_mu_setup(mu, *, variant, mode='full', end_compress=None, labels=Non
     s.update(labels=labels, n_classes=n_classes)
     return _roll_rows(mu, labels * class_axis_stride), s
 
-
+# %% ../nbs/02_vae.ipynb #44cf6bf7
 def _angular_mu_from_cos(C: Tensor, s: dict) -> Tensor:
     "The angular-mu term from the (M, d-1) cosines of the (rolled) means."
     d = C.shape[1] + 1
@@ -330,7 +330,7 @@ def _angular_mu_from_cos(C: Tensor, s: dict) -> Tensor:
     mean_term = (w * beta[:-1] * (target[:-1] - means[:, :-1]) ** 2).sum()
     return var_term + MEAN_TERM_WEIGHT * mean_term
 
-
+# %% ../nbs/02_vae.ipynb #af63e977
 def angular_mu_loss(
     mu: Tensor,  # (M, d) encoder means, M >= 2, d >= 3
     *,
@@ -348,13 +348,13 @@ def angular_mu_loss(
                                 n_classes=n_classes, class_axis_stride=class_axis_stride, epoch=epoch, training=training)
     return _angular_mu_from_cos(spherical_cosines(rows, eps=COS_EPS), s)
 
-
+# %% ../nbs/02_vae.ipynb #6fa75f65
 def _radial(rho: Tensor, std_target: float, mean_target: float, offset: float) -> Tensor:
     "50 g(std(rho)/std_target + offset) + 50 (mean(rho) - mean_target)^2."
     var, mean = torch.var_mean(rho)
     return RADIAL_WEIGHTS[0] * _kl_penalty(_std(var) / std_target + offset) + RADIAL_WEIGHTS[1] * (mean - mean_target) ** 2
 
-
+# %% ../nbs/02_vae.ipynb #f175b05b
 def radial_mu_loss(
     mu: Tensor,  # (M, d) encoder means, M >= 2
 ) -> Tensor:  # scalar
@@ -362,7 +362,7 @@ def radial_mu_loss(
     _check_latents(mu, 'mu', min_rows=2)
     return _radial(torch.linalg.vector_norm(mu, dim=1), 1.0, math.sqrt(mu.shape[1] - 0.5), 1.0)
 
-
+# %% ../nbs/02_vae.ipynb #df799409
 def _angular_sigma_from_cos(Cs: Tensor) -> Tensor:
     d = Cs.shape[1] + 1
     p = prior_cosines(d, dtype=Cs.dtype, device=Cs.device)
@@ -370,7 +370,7 @@ def _angular_sigma_from_cos(Cs: Tensor) -> Tensor:
     var, mean = _col_var_mean(Cs)
     return (beta * (_kl_penalty(_std(var) + 1) + MEAN_TERM_WEIGHT * (p - mean) ** 2)).sum()
 
-
+# %% ../nbs/02_vae.ipynb #b88acd67
 def angular_sigma_loss(
     logvar: Tensor,  # (M, d) encoder log-variances, M >= 2, d >= 3
 ) -> Tensor:  # scalar
@@ -378,16 +378,16 @@ def angular_sigma_loss(
     _check_latents(logvar, 'logvar', min_rows=2, min_dim=3)
     return _angular_sigma_from_cos(spherical_cosines(torch.exp(0.5 * logvar), eps=COS_EPS))
 
-
+# %% ../nbs/02_vae.ipynb #c7effbd9
 def _check_scale(target_scale) -> float:
     return check_float(target_scale, 'target_scale', lo=0)
 
-
+# %% ../nbs/02_vae.ipynb #207a2a71
 def _radial_sigma(sigma: Tensor, target_scale: float) -> Tensor:
     return _radial(torch.linalg.vector_norm(sigma, dim=1), RADIAL_SIGMA_STD_TARGET,
                    target_scale * math.sqrt(sigma.shape[1] - 0.5), 0.0)
 
-
+# %% ../nbs/02_vae.ipynb #387b5ad6
 def radial_sigma_loss(
     logvar: Tensor,  # (M, d) encoder log-variances, M >= 2
     *,
@@ -411,7 +411,7 @@ def compression_loss(
     return _compression_terms(mu, logvar, variant=variant, gains=gains, sigma_target_scale=sigma_target_scale,
                               **angular_kwargs)['total']
 
-
+# %% ../nbs/02_vae.ipynb #7eae1c62
 def _check_gains(gains) -> tuple[float, float, float, float]:
     try:
         gains = tuple(float(g) for g in gains)
@@ -421,7 +421,7 @@ def _check_gains(gains) -> tuple[float, float, float, float]:
         raise ValueError(f'gains must be 4 finite numbers >= 0 (phi_mu, r_mu, phi_sigma, r_sigma), got {gains!r}')
     return gains
 
-
+# %% ../nbs/02_vae.ipynb #a0968c09
 def _compression_terms(mu, logvar, *, variant, gains, sigma_target_scale, **angular_kwargs) -> dict[str, Tensor]:
     "All four terms, sharing one cosine computation for mu and sigma (same values as the public functions)."
     gains = _check_gains(gains)
@@ -439,7 +439,7 @@ def _compression_terms(mu, logvar, *, variant, gains, sigma_target_scale, **angu
     terms['total'] = sum(g * t for g, t in zip(gains, terms.values()))
     return terms
 
-
+# %% ../nbs/02_vae.ipynb #33a57a4a
 class BetaObjective:
     "The beta-VAE regulariser: `obj(mu, logvar) -> {'kl': KL, 'total': KL}` (the trainer multiplies by beta)."
     needs_labels = False
@@ -458,7 +458,7 @@ class BetaObjective:
     def __repr__(self):
         return f'BetaObjective(reduction={self.reduction!r})'
 
-
+# %% ../nbs/02_vae.ipynb #6da02816
 class CompressionObjective:
     "The hyperspherical compression regulariser as an object: `obj(mu, logvar, labels=, epoch=, training=) -> dict`."
     term_names = ('angular_mu', 'radial_mu', 'angular_sigma', 'radial_sigma')
@@ -662,7 +662,7 @@ class ResBlock(nn.Module):
         y = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
         return self.relu2(y + identity)
 
-
+# %% ../nbs/02_vae.ipynb #16b800d6
 def _check_conv_args(image_size, channels, latent_dim, in_channels) -> tuple[int, ...]:
     check_int(image_size, 'image_size', lo=4)
     check_int(latent_dim, 'latent_dim', lo=1)
@@ -674,7 +674,7 @@ def _check_conv_args(image_size, channels, latent_dim, in_channels) -> tuple[int
         raise ValueError(f'image_size must be divisible by 2**len(channels) = {2 ** len(channels)}, got {image_size}')
     return channels
 
-
+# %% ../nbs/02_vae.ipynb #1689a48f
 class ResidualEncoder(nn.Module):
     "Image (N, C, s, s) -> (N, 2d) = [mu | logvar]."
 
@@ -695,7 +695,7 @@ class ResidualEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.F2L(self.main(x).flatten(1))
 
-
+# %% ../nbs/02_vae.ipynb #f6b356b2
 class ResidualDecoder(nn.Module):
     "z (N, d) -> image (N, C, s, s) in [0, 1]."
 
@@ -721,7 +721,7 @@ class ResidualDecoder(nn.Module):
 
 DEFAULT_CHANNELS = {32: (16, 32, 64), 64: (16, 32, 64, 128)}  # 32: the authors' CIFAR model (§4.5); 64: ours (§11 A13)
 
-
+# %% ../nbs/02_vae.ipynb #6e0f4a21
 def residual_vae(
     latent_dim: int = 128,  # d
     image_size: int = 32,  # side of the square input images; divisible by 2**len(channels)
@@ -914,7 +914,7 @@ class IslandPrior:
             x = _roll_rows(x, (-labels * self.class_axis_stride) % self.d_)
         return x
 
-
+# %% ../nbs/02_vae.ipynb #cb519bb2
 class AggregatePrior:
     "Check sampler of spec §11 A1: a Gaussian fitted to the training directions sqrt(d) mu/|mu|, samples renormalised to sqrt(d)."
 
@@ -951,7 +951,7 @@ class AggregatePrior:
         x = self.mean_[labels] + (self.chol_[labels] @ e.unsqueeze(-1)).squeeze(-1)
         return sphere_project(x)
 
-
+# %% ../nbs/02_vae.ipynb #36fed972
 def island_prior(
     mu: Tensor,  # (N, d) training means
     labels: Tensor | None = None,  # (N,) classes for a conditional model
@@ -960,11 +960,11 @@ def island_prior(
     "Fit an `IslandPrior` on training means."
     return IslandPrior(**kwargs).fit(mu, labels)
 
-
+# %% ../nbs/02_vae.ipynb #1e258887
 def _param(model: nn.Module) -> Tensor:
     return next(model.parameters())
 
-
+# %% ../nbs/02_vae.ipynb #8c760401
 def sample_prior(
     model: VAE,  # a trained VAE
     n: int,  # number of samples
