@@ -30,10 +30,11 @@ from ._checks import check_int
 
 # %% auto #0
 __all__ = ['DIGITS_TEST_FRACTION', 'DIGITS_SPLIT_SEED', 'MNIST_CLASSES', 'FASHION_MNIST_CLASSES', 'IMAGE_EXTENSIONS',
-           'IMAGENETTE_WNIDS', 'DATASETS', 'MissingDatasetError', 'CorruptDatasetError', 'LabeledDataset', 'flatten',
-           'concat', 'digits_split_indices', 'read_idx', 'write_idx', 'load_idx_pair', 'read_pickle_batch',
-           'load_cifar_folder', 'load_image_folder', 'download_file', 'load_dataset', 'select_classes', 'class_split',
-           'leave_one_class_out', 'heldout_mask', 'stratified_subsample', 'ClassBalancedBatchSampler', 'atomic_write']
+           'IMAGENETTE_WNIDS', 'DATASETS', 'NOVELTY_KINDS', 'MissingDatasetError', 'CorruptDatasetError',
+           'LabeledDataset', 'flatten', 'concat', 'digits_split_indices', 'read_idx', 'write_idx', 'load_idx_pair',
+           'read_pickle_batch', 'load_cifar_folder', 'load_image_folder', 'download_file', 'load_dataset',
+           'select_classes', 'class_split', 'leave_one_class_out', 'heldout_mask', 'stratified_subsample',
+           'ClassBalancedBatchSampler', 'structured_novelties', 'atomic_write']
 
 # %% ../nbs/01_data.ipynb #b2cf6b74
 class MissingDatasetError(FileNotFoundError):
@@ -869,3 +870,62 @@ class ClassBalancedBatchSampler(Sampler):
         for b in range(self.n_batches):
             batch = torch.cat([ch[b] for ch in chunks])
             yield batch[torch.randperm(len(batch), generator=g)].tolist()
+
+# %% ../nbs/01_data.ipynb #b459f2d4
+NOVELTY_KINDS = ('inverted', 'occluded', 'rotated', 'overlay', 'stroke_noise')
+
+
+def structured_novelties(
+    x,  # (n, C, H, W) images (tensor or LabeledDataset), values in value_range
+    kind: str,  # one of NOVELTY_KINDS
+    seed: int = 0,  # seeds every random choice (square position, angle, partner, noise)
+    *,
+    value_range: tuple[float, float] = (0.0, 1.0),  # (lo, hi) of the data
+    p: float = 0.5,  # 'stroke_noise': probability that a stroke pixel is replaced
+) -> Tensor:  # (n, C, H, W) novel images, same dtype and device, values in value_range
+    "Structured novelties made from in-domain images: inverted, occluded, rotated, two-image overlays, stroke noise."
+    x = x.x if isinstance(x, LabeledDataset) else x
+    if not isinstance(x, Tensor):
+        raise TypeError(f'x must be a torch.Tensor or a LabeledDataset, got {type(x).__name__}')
+    if x.ndim != 4 or not x.dtype.is_floating_point or x.shape[0] < 1:
+        raise ValueError(f'x must be a non-empty float (n, C, H, W) tensor, got {x.dtype} of shape {tuple(x.shape)}')
+    if kind not in NOVELTY_KINDS:
+        raise ValueError(f'kind must be one of {NOVELTY_KINDS}, got {kind!r}')
+    seed = check_int(seed, 'seed', lo=0)
+    lo, hi = (float(v) for v in value_range)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f'value_range must be finite (lo, hi) with lo < hi, got {value_range!r}')
+    if not (0.0 <= p <= 1.0):
+        raise ValueError(f'p must lie in [0, 1], got {p!r}')
+    if bool((x < lo).any()) or bool((x > hi).any()):
+        raise ValueError(f'x has values outside value_range {value_range}: [{float(x.min())}, {float(x.max())}]')
+    n, _, H, W = x.shape
+    g = torch.Generator().manual_seed(seed)
+    if kind == 'inverted':
+        return (lo + hi) - x
+    if kind == 'occluded':
+        s = math.ceil(H / 2), math.ceil(W / 2)
+        top = torch.randint(0, H - s[0] + 1, (n,), generator=g)
+        left = torch.randint(0, W - s[1] + 1, (n,), generator=g)
+        rows, cols = torch.arange(H), torch.arange(W)
+        mask = (((rows[None] >= top[:, None]) & (rows[None] < top[:, None] + s[0]))[:, :, None]
+                & ((cols[None] >= left[:, None]) & (cols[None] < left[:, None] + s[1]))[:, None, :])
+        return torch.where(mask[:, None].to(x.device), torch.full_like(x, 0.5 * (lo + hi)), x)
+    if kind == 'rotated':
+        k = torch.randint(1, 3, (n,), generator=g) if H == W else torch.full((n,), 2)  # 1: 90 degrees, 2: 180
+        out = x.clone()
+        for kk in (1, 2):
+            sel = (k == kk).nonzero().flatten().to(x.device)
+            if len(sel):
+                out[sel] = torch.rot90(x[sel], kk, dims=(2, 3))
+        return out
+    if kind == 'overlay':
+        if n < 2:
+            raise ValueError("kind='overlay' needs at least 2 images")
+        partner = (torch.arange(n) + torch.randint(1, n, (n,), generator=g)) % n  # never the image itself
+        return 0.5 * (x + x[partner.to(x.device)])
+    # stroke_noise
+    u = torch.rand(x.shape, generator=g).to(x.device)
+    salt = torch.rand(x.shape, generator=g).to(x.device) < 0.5
+    hit = (x > 0.5 * (lo + hi)) & (u < p)
+    return torch.where(hit, torch.where(salt, torch.full_like(x, hi), torch.full_like(x, lo)), x)

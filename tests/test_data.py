@@ -675,3 +675,72 @@ def test_int_arguments_use_shared_checks(tmp_path):
     with pytest.raises(TypeError, match='n_batches'):
         ClassBalancedBatchSampler([0, 1], 2, n_batches=1.0)
     assert len(load_image_folder(root, image_size=np.int64(2)).x) == 4  # numpy ints are ints
+
+
+# ----------------------------------------------------------------------------------------------- structured novelties
+from hyperlatent.data import NOVELTY_KINDS, structured_novelties  # noqa: E402
+
+
+def _imgs(n=24, c=1, h=6, w=6, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 17, size=(n, c, h, w)) / 16.0).float()
+
+
+def test_novelties_shape_range_determinism():
+    x = _imgs(c=2)
+    for k in NOVELTY_KINDS:
+        a = structured_novelties(x, k, seed=3)
+        assert a.shape == x.shape and a.dtype == x.dtype and float(a.min()) >= 0 and float(a.max()) <= 1, k
+        assert torch.equal(a, structured_novelties(x, k, seed=3)), k
+        assert not torch.equal(a, x), k
+    xs = x * 0.5 + 0.25  # another value range
+    for k in NOVELTY_KINDS:
+        a = structured_novelties(xs, k, seed=1, value_range=(0.25, 0.75))
+        assert float(a.min()) >= 0.25 and float(a.max()) <= 0.75, k
+
+
+def test_novelties_oracles():
+    x = _imgs(n=30)
+    xn = x.numpy()
+    assert np.allclose(structured_novelties(x, 'inverted').numpy(), 1 - xn)
+    rot = structured_novelties(x, 'rotated', seed=0).numpy()
+    for r, o in zip(rot, xn):  # each is a 90 or 180 degree rotation (numpy's rot90 over the image axes)
+        assert any(np.array_equal(r, np.rot90(o, k, axes=(1, 2))) for k in (1, 2))
+    ov = structured_novelties(x, 'overlay', seed=0).numpy()
+    for i in range(len(xn)):
+        partners = [j for j in range(len(xn)) if j != i and np.allclose(ov[i], (xn[i] + xn[j]) / 2)]
+        assert partners
+    occ = structured_novelties(x, 'occluded', seed=0).numpy()
+    for a, b in zip(occ, xn):  # one 3 x 3 mid-grey square, the rest unchanged
+        ok = [(t, l) for t in range(4) for l in range(4)
+              if np.all(a[:, t:t + 3, l:l + 3] == 0.5)
+              and np.array_equal(np.where(np.pad(np.ones((3, 3)), ((t, 3 - t), (l, 3 - l)))[None] > 0, 0, a),
+                                 np.where(np.pad(np.ones((3, 3)), ((t, 3 - t), (l, 3 - l)))[None] > 0, 0, b))]
+        assert ok
+    sn = structured_novelties(x, 'stroke_noise', seed=0, p=1.0).numpy()
+    stroke = xn > 0.5
+    assert np.all(np.isin(sn[stroke], [0.0, 1.0])) and np.array_equal(sn[~stroke], xn[~stroke])
+    assert np.array_equal(structured_novelties(x, 'stroke_noise', p=0.0).numpy(), xn)
+
+
+def test_novelties_non_square_rotation_is_180():
+    x = _imgs(h=4, w=6)
+    r = structured_novelties(x, 'rotated', seed=0).numpy()
+    assert np.array_equal(r, np.rot90(x.numpy(), 2, axes=(2, 3)))
+
+
+def test_novelties_bad_input():
+    x = _imgs()
+    with pytest.raises(ValueError, match='kind'):
+        structured_novelties(x, 'mirror')
+    with pytest.raises(ValueError, match='value_range'):
+        structured_novelties(x * 3, 'inverted')
+    with pytest.raises(ValueError, match='value_range'):
+        structured_novelties(x, 'inverted', value_range=(1.0, 0.0))
+    with pytest.raises(ValueError, match=r'\(n, C, H, W\)'):
+        structured_novelties(x[:, 0], 'inverted')
+    with pytest.raises(TypeError, match='x must be'):
+        structured_novelties(x.numpy(), 'inverted')
+    with pytest.raises(ValueError, match='seed'):
+        structured_novelties(x, 'inverted', seed=-1)
+    with pytest.raises(ValueError, match='overlay'):
+        structured_novelties(x[:1], 'overlay')
