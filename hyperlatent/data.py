@@ -40,11 +40,11 @@ __all__ = ['DIGITS_TEST_FRACTION', 'DIGITS_SPLIT_SEED', 'MNIST_CLASSES', 'FASHIO
 class MissingDatasetError(FileNotFoundError):
     "Files a dataset needs are not on disk (and could not be downloaded); the message says which and where."
 
-
+# %% ../nbs/01_data.ipynb #e28b822d
 class CorruptDatasetError(ValueError):
     "A dataset file exists but is truncated or malformed; the message names the file and the problem."
 
-
+# %% ../nbs/01_data.ipynb #626be79b
 def _first_duplicate(items):
     "The first item that occurs twice in `items` (None if all are distinct)."
     seen = set()
@@ -54,7 +54,7 @@ def _first_duplicate(items):
         seen.add(v)
     return None
 
-
+# %% ../nbs/01_data.ipynb #7bc600f3
 class LabeledDataset(Dataset):
     "Images `x` (N, C, H, W) float32 in [0, 1], labels `y` (N,) int64 in [0, len(classes)), with metadata."
 
@@ -137,7 +137,7 @@ class LabeledDataset(Dataset):
         return (f'LabeledDataset(name={self.name!r}, split={self.split!r}, n={len(self)}, shape={self.shape}, '
                 f'n_classes={self.n_classes})')
 
-
+# %% ../nbs/01_data.ipynb #329f01e4
 def _as_index(idx, n: int) -> Tensor:
     "Validate an index (int sequence/array/tensor or a length-n bool mask) and return an int64 tensor in [0, n)."
     t = (idx.detach().cpu() if isinstance(idx, Tensor) else torch.as_tensor(np.asarray(idx)))
@@ -154,12 +154,12 @@ def _as_index(idx, n: int) -> Tensor:
         raise ValueError(f'idx must lie in [-{n}, {n}), got values in [{int(t.min())}, {int(t.max())}]')
     return t % n
 
-
+# %% ../nbs/01_data.ipynb #ddac29b7
 def flatten(ds: LabeledDataset) -> LabeledDataset:
     "The same samples as (N, C*H*W) feature vectors (the pixel representation for MLPs, kNN and leakage)."
     return ds._replace(x=ds.x.reshape(len(ds), -1), meta={**ds.meta, 'image_shape': ds.meta.get('image_shape', ds.shape)})
 
-
+# %% ../nbs/01_data.ipynb #abd4f6a4
 def concat(datasets: Sequence[LabeledDataset], split: str | None = None) -> LabeledDataset:
     "Concatenate datasets with identical classes and sample shapes (extras present in all of them are kept)."
     datasets = list(datasets)
@@ -320,11 +320,11 @@ class _SafeUnpickler(pickle.Unpickler):
             module = 'numpy._core.' + module[len('numpy.core.'):]  # the same object, without the deprecation warning
         return super().find_class(module, name)
 
-
+# %% ../nbs/01_data.ipynb #1933dc35
 def _str_keys(d) -> dict:
     return {(k.decode('latin1') if isinstance(k, bytes) else k): v for k, v in d.items()}
 
-
+# %% ../nbs/01_data.ipynb #8f57c3c5
 def read_pickle_batch(
     path: str | os.PathLike,  # a CIFAR python batch or meta file
 ) -> dict:  # its dict, keys decoded to str
@@ -340,7 +340,7 @@ def read_pickle_batch(
         raise CorruptDatasetError(f'{path}: expected a pickled dict, got {type(d).__name__}')
     return _str_keys(d)
 
-
+# %% ../nbs/01_data.ipynb #f653a078
 def _names(d: dict, key: str, path: Path) -> list[str]:
     v = d.get(key)
     if not isinstance(v, (list, tuple)) or not all(isinstance(s, (bytes, str)) for s in v):
@@ -350,7 +350,7 @@ def _names(d: dict, key: str, path: Path) -> list[str]:
         raise CorruptDatasetError(f'{path}: the class names under {key!r} must be distinct, got {dup!r} twice')
     return names
 
-
+# %% ../nbs/01_data.ipynb #fe169d0a
 def _labels(d: dict, key: str, n: int, n_classes: int, path: Path) -> np.ndarray:
     if key not in d:
         raise CorruptDatasetError(f'{path}: missing key {key!r} (has {sorted(d)})')
@@ -365,7 +365,7 @@ def _labels(d: dict, key: str, n: int, n_classes: int, path: Path) -> np.ndarray
                                   f'outside [0, {n_classes}) given by the meta file')
     return y.astype(np.int64)
 
-
+# %% ../nbs/01_data.ipynb #48e569bb
 def _images(d: dict, path: Path) -> np.ndarray:
     data = d.get('data')
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
@@ -373,7 +373,7 @@ def _images(d: dict, path: Path) -> np.ndarray:
         raise CorruptDatasetError(f"{path}: 'data' must be a uint8 array (N, 3072), got {desc}")
     return data
 
-
+# %% ../nbs/01_data.ipynb #c638ac37
 def load_cifar_folder(
     folder: str | os.PathLike,  # cifar-10-batches-py/ or cifar-100-python/
     split: str = 'train',  # 'train' or 'test'
@@ -534,7 +534,7 @@ def download_file(
 
     return atomic_write(dest, fill)
 
-
+# %% ../nbs/01_data.ipynb #3e0a8636
 def _md5_file(path: Path) -> str:
     h = hashlib.md5(usedforsecurity=False)
     with open(path, 'rb') as f:
@@ -542,7 +542,7 @@ def _md5_file(path: Path) -> str:
             h.update(chunk)
     return h.hexdigest()
 
-
+# %% ../nbs/01_data.ipynb #ea9f7b20
 def _extract_tar(archive: Path, root: Path, top: str) -> Path:
     "Unpack `archive` (whose top folder is `top`) into root/top atomically."
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f'.{top}.'))
@@ -561,7 +561,7 @@ def _extract_tar(archive: Path, root: Path, top: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     return root / top
 
-
+# %% ../nbs/01_data.ipynb #37be1717
 def _fetch_archive(key: str, root: Path) -> str | None:
     "Download and unpack the archive of `key` into root; the failure reason (str) or None on success."
     res = _RESOURCES[key]
@@ -595,11 +595,11 @@ DATASETS = ('digits', 'mnist', 'fashion_mnist', 'cifar10', 'cifar100', 'cifar100
 def _parts(split: str) -> list[str]:
     return ['train', 'test'] if split == 'all' else [split]
 
-
+# %% ../nbs/01_data.ipynb #73742d08
 def _join(parts: list[LabeledDataset]) -> LabeledDataset:
     return parts[0] if len(parts) == 1 else concat(parts, split='all')
 
-
+# %% ../nbs/01_data.ipynb #1a531460
 def _idx_dataset(key: str, root: Path, split: str, download: bool) -> LabeledDataset:
     folder, title = root / key, {'mnist': 'MNIST', 'fashion_mnist': 'Fashion-MNIST'}[key]
     stems = [s for sp in _parts(split) for s in _IDX_FILES[sp]]
@@ -625,7 +625,7 @@ def _idx_dataset(key: str, root: Path, split: str, download: bool) -> LabeledDat
     return _join([load_idx_pair(_find_plain_or_gz(folder, _IDX_FILES[sp][0]), _find_plain_or_gz(folder, _IDX_FILES[sp][1]),
                                 classes, key, sp) for sp in _parts(split)])
 
-
+# %% ../nbs/01_data.ipynb #5751ef82
 def _cifar_dataset(key: str, root: Path, split: str, download: bool) -> LabeledDataset:
     rkey = 'cifar10' if key == 'cifar10' else 'cifar100'
     res = _RESOURCES[rkey]
@@ -648,11 +648,11 @@ def _cifar_dataset(key: str, root: Path, split: str, download: bool) -> LabeledD
     return _join([load_cifar_folder(folder, sp, label='coarse' if key == 'cifar100_coarse' else 'fine')
                   for sp in _parts(split)])
 
-
+# %% ../nbs/01_data.ipynb #d20e603c
 def _split_dir(base: Path, candidates: list[str]) -> Path | None:
     return next((base / c for c in candidates if (base / c).is_dir()), None)
 
-
+# %% ../nbs/01_data.ipynb #487d3087
 def _folder_dataset(base: Path, name: str, split: str, image_size: int | None, splits: dict,
                     class_names: dict | None, hint: str) -> LabeledDataset:
     dirs = {sp: _split_dir(base, splits[sp]) for sp in ('train', 'test')}
@@ -668,7 +668,7 @@ def _folder_dataset(base: Path, name: str, split: str, image_size: int | None, s
     return _join([load_image_folder(dirs[sp], image_size=image_size, classes=classes, class_names=class_names,
                                     name=name, split=sp) for sp in _parts(split)])
 
-
+# %% ../nbs/01_data.ipynb #c1d67751
 def load_dataset(
     name: str,  # 'digits', 'mnist', 'fashion_mnist', 'cifar10', 'cifar100', 'cifar100_coarse', 'imagenette', 'mars_novelty', 'galaxy_zoo', or a folder path
     root: str | os.PathLike = 'data',  # folder holding the on-disk datasets (layout in the table above)
@@ -736,7 +736,7 @@ def _class_ids(ds: LabeledDataset, classes, arg: str) -> list[int]:
                          f'each class may be named once')
     return out
 
-
+# %% ../nbs/01_data.ipynb #22adf4c5
 def select_classes(
     ds: LabeledDataset,
     classes,  # class indices or names, in the order of the new labels
@@ -756,7 +756,7 @@ def select_classes(
     return sub._replace(y=lut.to(sub.y.device)[sub.y], classes=[ds.classes[i] for i in ids], extras=extras,
                         meta={**sub.meta, 'parent_classes': ds.meta.get('parent_classes', ds.classes)})
 
-
+# %% ../nbs/01_data.ipynb #9d6ef1d8
 def class_split(
     ds: LabeledDataset,
     *,
@@ -779,7 +779,7 @@ def class_split(
         raise ValueError('the normal part must hold at least one class, got none')
     return select_classes(ds, n, relabel=relabel), select_classes(ds, h, relabel=relabel)
 
-
+# %% ../nbs/01_data.ipynb #4d4ea651
 def leave_one_class_out(
     ds: LabeledDataset,
     *,
@@ -790,7 +790,7 @@ def leave_one_class_out(
         normal, held = class_split(ds, heldout=[c], relabel=relabel)
         yield c, normal, held
 
-
+# %% ../nbs/01_data.ipynb #162fbdd7
 def heldout_mask(
     ds: LabeledDataset,
     heldout,  # held-out class indices or names
@@ -799,7 +799,7 @@ def heldout_mask(
     ids = torch.tensor(_class_ids(ds, heldout, 'heldout'), dtype=torch.int64, device=ds.y.device)
     return torch.isin(ds.y, ids)
 
-
+# %% ../nbs/01_data.ipynb #3deb3c4e
 def stratified_subsample(
     ds: LabeledDataset,
     n_per_class: int,  # samples kept per class (all of a class that has fewer)
