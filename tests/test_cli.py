@@ -240,6 +240,6 @@ def test_readme_grid_example_expands_as_documented():
     assert len(runs) == 3 * 3 * 2
     assert {r['latent_dim'] for r in runs} == {8, 16, 32} and all(r['hidden'] == [128, 64] for r in runs)
     assert sorted({tuple(r['seeds']) for r in runs}) == [(0,), (1,), (2,)]
-    assert sorted({tuple(r['models']) for r in runs}) == [('beta',), ('p2-vmf',)]
+    assert sorted({tuple(r['compression_models']) for r in runs}) == [('p2-class-axes',), ('p2-vmf',)]
     for r in runs:
         sweep.validate_parameters(nb, r, what='grid parameter')
