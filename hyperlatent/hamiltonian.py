@@ -566,6 +566,60 @@ def _tangent(v: Tensor, unit: Tensor) -> Tensor:
     return v - (v * unit).sum(-1, keepdim=True) * unit
 
 
+def _check_gibbs_args(d, n_chains, n_steps, n_leapfrog, thin, n_burn, temperature, step_size, target_accept) -> tuple:
+    "Validated (d, n_chains, n_steps, n_leapfrog, thin, n_burn, temperature, step_size) of `sample_gibbs_sphere`."
+    d = _check_pos_int(d, 'd', 2)
+    n_chains = _check_pos_int(n_chains, 'n_chains')
+    n_steps = _check_pos_int(n_steps, 'n_steps')
+    n_leapfrog = _check_pos_int(n_leapfrog, 'n_leapfrog')
+    thin = _check_pos_int(thin, 'thin')
+    n_burn = n_steps // 2 if n_burn is None else _check_pos_int(n_burn, 'n_burn', 0)
+    if n_burn >= n_steps:
+        raise ValueError(f'n_burn must be < n_steps = {n_steps}, got {n_burn}')
+    temperature = check_float(temperature, 'temperature', lo=0.0, lo_open=True)
+    if step_size is not None:
+        step_size = check_float(step_size, 'step_size', lo=0.0, lo_open=True)
+    if not (0 < target_accept < 1):
+        raise ValueError(f'target_accept must be in (0, 1), got {target_accept!r}')
+    return d, n_chains, n_steps, n_leapfrog, thin, n_burn, temperature, step_size
+
+
+def _gibbs_start(init, n_chains: int, d: int, dtype, device, generator) -> tuple:
+    "(starting spins (n_chains, d) on the sphere of radius sqrt(d), dtype, device): `init` projected, else uniform draws."
+    if init is not None:
+        if not isinstance(init, Tensor) or init.shape != (n_chains, d) or not init.is_floating_point():
+            raise ValueError(f'init must be a floating tensor of shape ({n_chains}, {d}), got {getattr(init, "shape", init)!r}')
+        dtype = init.dtype if dtype is None else dtype
+        device = init.device if device is None else device
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    if device is None:
+        device = generator.device if generator is not None else 'cpu'
+    s = (sample_sphere(n_chains, d, generator=generator, dtype=dtype, device=device) if init is None
+         else sphere_project(init.detach().to(dtype=dtype, device=device)))
+    return s, dtype, device
+
+
+def _geodesic_leapfrog(U: Callable, s: Tensor, g: Tensor, v: Tensor, eps: Tensor, n_leapfrog: int):
+    """`n_leapfrog` geodesic leapfrog steps of size `eps` (n_chains, 1) from spins s with energy gradient g and
+    tangent momentum v: half kicks along the tangent gradient, exact rotations along great circles in between.
+    Returns the proposal (spins, energies, gradients, momentum)."""
+    r = math.sqrt(s.shape[-1])
+    sp, gp = s, g
+    for _ in range(n_leapfrog):
+        v = v - 0.5 * eps * _tangent(gp, sp / r)
+        alpha = v.norm(dim=-1, keepdim=True)
+        vh = v / alpha.clamp_min(torch.finfo(s.dtype).tiny)
+        w = alpha * eps / r
+        up = sp / r
+        up, v = up * torch.cos(w) + vh * torch.sin(w), alpha * (-up * torch.sin(w) + vh * torch.cos(w))
+        up = up / up.norm(dim=-1, keepdim=True)  # remove rounding drift off the sphere
+        sp = r * up
+        v = _tangent(v, up)
+        ep, gp = _energy_and_grad(U, sp)
+        v = v - 0.5 * eps * _tangent(gp, up)
+    return sp, ep, gp, v
+
+
 def sample_gibbs_sphere(
     energy: Callable[[Tensor], Tensor],  # differentiable H: (n_chains, d) spins -> (n_chains,) energies
     d: int,  # dimension; the sphere has radius sqrt(d)
@@ -584,30 +638,10 @@ def sample_gibbs_sphere(
     device=None,
 ) -> GibbsSamples:
     "Geodesic HMC with a Metropolis accept step for exp(-energy/T) on the sphere of radius sqrt(d)."
-    d = _check_pos_int(d, 'd', 2)
-    n_chains = _check_pos_int(n_chains, 'n_chains')
-    n_steps = _check_pos_int(n_steps, 'n_steps')
-    n_leapfrog = _check_pos_int(n_leapfrog, 'n_leapfrog')
-    thin = _check_pos_int(thin, 'thin')
-    n_burn = n_steps // 2 if n_burn is None else _check_pos_int(n_burn, 'n_burn', 0)
-    if n_burn >= n_steps:
-        raise ValueError(f'n_burn must be < n_steps = {n_steps}, got {n_burn}')
-    temperature = check_float(temperature, 'temperature', lo=0.0, lo_open=True)
-    if step_size is not None:
-        step_size = check_float(step_size, 'step_size', lo=0.0, lo_open=True)
-    if not (0 < target_accept < 1):
-        raise ValueError(f'target_accept must be in (0, 1), got {target_accept!r}')
-    if init is not None:
-        if not isinstance(init, Tensor) or init.shape != (n_chains, d) or not init.is_floating_point():
-            raise ValueError(f'init must be a floating tensor of shape ({n_chains}, {d}), got {getattr(init, "shape", init)!r}')
-        dtype = init.dtype if dtype is None else dtype
-        device = init.device if device is None else device
-    dtype = torch.get_default_dtype() if dtype is None else dtype
-    if device is None:
-        device = generator.device if generator is not None else 'cpu'
+    d, n_chains, n_steps, n_leapfrog, thin, n_burn, temperature, step_size = _check_gibbs_args(
+        d, n_chains, n_steps, n_leapfrog, thin, n_burn, temperature, step_size, target_accept)
+    s, dtype, device = _gibbs_start(init, n_chains, d, dtype, device, generator)
     r = math.sqrt(d)
-    s = (sample_sphere(n_chains, d, generator=generator, dtype=dtype, device=device) if init is None
-         else sphere_project(init.detach().to(dtype=dtype, device=device)))
     U = lambda x: energy(x) / temperature  # noqa: E731
     e, g = _energy_and_grad(U, s)
     adapt = step_size is None
@@ -618,19 +652,7 @@ def sample_gibbs_sphere(
         unit = s / r
         v = _tangent(torch.randn(n_chains, d, generator=generator, dtype=dtype, device=device), unit)
         h0 = e + 0.5 * (v * v).sum(-1)
-        sp, ep, gp = s, e, g
-        for _ in range(n_leapfrog):
-            v = v - 0.5 * eps * _tangent(gp, sp / r)
-            alpha = v.norm(dim=-1, keepdim=True)
-            vh = v / alpha.clamp_min(torch.finfo(dtype).tiny)
-            w = alpha * eps / r
-            up = sp / r
-            up, v = up * torch.cos(w) + vh * torch.sin(w), alpha * (-up * torch.sin(w) + vh * torch.cos(w))
-            up = up / up.norm(dim=-1, keepdim=True)  # remove rounding drift off the sphere
-            sp = r * up
-            v = _tangent(v, up)
-            ep, gp = _energy_and_grad(U, sp)
-            v = v - 0.5 * eps * _tangent(gp, up)
+        sp, ep, gp, v = _geodesic_leapfrog(U, s, g, v, eps, n_leapfrog)
         h1 = ep + 0.5 * (v * v).sum(-1)
         log_ratio = torch.where(torch.isfinite(h1), h0 - h1, torch.full_like(h1, -math.inf))
         accept = torch.rand(n_chains, generator=generator, dtype=dtype, device=device).log() < log_ratio
