@@ -462,21 +462,32 @@ def classify_phase(
 
 
 def locate_edge(
-    chi_ovl,  # (m,) chi_ovl of the models along a sweep
+    chi_ovl,  # (m,) raw chi_ovl = d Var R of the models along a sweep
     mean,  # (m,) E[R] of the same models
     multimodal=None,  # (m,) bools, whether P(R) is multimodal (default all False)
     thresholds: PhaseThresholds | None = None,
-) -> int | None:  # index of the edge model, or None when no model qualifies
-    "Sweep-level edge (spec §6): argmax of chi_ovl among models with E[R] in the edge band or multimodal P(R)."
+    *,
+    chi_gauss=None,  # (m,) chi_gauss of each model's covariance-matched Gaussian (`gaussian_reference`); None: rank chi_ovl as given
+    details: bool = False,  # return a dict (index, raw and normalised chi of every model) instead of the index alone
+):  # index of the edge model, or None when no model qualifies (with `details`: a dict holding it)
+    "Sweep-level edge (spec §6): argmax of chi_norm = chi_ovl / chi_gauss among models with E[R] in the edge band or multimodal P(R)."
     th = PhaseThresholds() if thresholds is None else thresholds
     chi, mu = np.asarray(chi_ovl, dtype=float), np.asarray(mean, dtype=float)
     mm = np.zeros(chi.shape, bool) if multimodal is None else np.asarray(multimodal, dtype=bool)
-    if chi.ndim != 1 or chi.shape != mu.shape or chi.shape != mm.shape:
-        raise ValueError(f'chi_ovl, mean and multimodal must be 1-D of equal length, got {chi.shape}, {mu.shape}, {mm.shape}')
+    ref = None if chi_gauss is None else np.asarray(chi_gauss, dtype=float)
+    if chi.ndim != 1 or chi.shape != mu.shape or chi.shape != mm.shape or (ref is not None and ref.shape != chi.shape):
+        raise ValueError(f'chi_ovl, mean and multimodal must be 1-D of equal length, got {chi.shape}, {mu.shape}, {mm.shape}'
+                         + ('' if ref is None else f' (chi_gauss {ref.shape})'))
     ok = ((mu >= th.edge_mean) & (mu <= th.ordered_mean)) | mm
-    if not ok.any():
-        return None
-    return int(np.flatnonzero(ok)[np.argmax(chi[ok])])
+    score = chi if ref is None else chi / ref
+    if ref is not None:
+        ok &= np.isfinite(score)  # no reference (all rows equal, chi_gauss NaN): nothing to rank it by
+    idx = int(np.flatnonzero(ok)[np.argmax(score[ok])]) if ok.any() else None
+    if not details:
+        return idx
+    return dict(index=idx, normalised=ref is not None, eligible=ok, chi_ovl=chi, chi_norm=None if ref is None else score,
+                edge_chi_ovl=None if idx is None else float(chi[idx]),
+                edge_chi_norm=None if idx is None or ref is None else float(score[idx]))
 
 # %% ../nbs/05_hamiltonian.ipynb #c8f8d951
 def _field_energy(s: Tensor, field, h: float) -> Tensor:

@@ -291,6 +291,48 @@ def test_count_modes_and_locate_edge():
     assert PhaseThresholds().ordered_mean == 0.8
 
 
+
+def test_locate_edge_normalised_chi_beats_low_rank():
+    "Oracle by construction: low-rank centred Gaussians (chi_ovl = d/r, chi_norm = 1, rank <= 2 even multimodal) vs one multi-island set."
+    d, n = 64, 1500
+    gen = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+
+    def low_rank(r, s):  # isotropic Gaussian on a random r-dim subspace
+        Q, _ = torch.linalg.qr(torch.randn(d, r, generator=gen(s), dtype=torch.float64))
+        return torch.randn(n, r, generator=gen(s + 1), dtype=torch.float64) @ Q.T
+
+    def vmf(k, m, s):
+        return torch.from_numpy(stats.vonmises_fisher(np.eye(d)[k], 2000.0).rvs(m, random_state=np.random.default_rng(s)))
+
+    # a dominant island (50%), a minor island (10%) and a disordered sea (40%): two coexisting islands
+    islands = torch.cat([vmf(0, 750, 40), vmf(1, 150, 41), sample_sphere(600, d, generator=gen(42), dtype=torch.float64)])
+    family = [low_rank(1, 1), low_rank(2, 3), islands, low_rank(3, 5)]
+    rep = [classify_phase(z) for z in family]
+    chi = [r['chi_ovl'] for r in rep]
+    for r, c in zip((1, 2, 3), (rep[0], rep[1], rep[3])):  # closed forms: chi_ovl = d/r, chi_gauss = d/PR = d/r
+        assert abs(c['chi_ovl'] / (d / r) - 1) < 0.05 and abs(c['chi_norm'] - 1) < 0.05
+    assert rep[0]['multimodal'] and rep[1]['multimodal']  # arcsine-like end peaks: eligible despite E[R] ~ 0
+    assert rep[2]['phase'] == 'edge' and rep[2]['chi_norm'] > 1.2 and rep[2]['chi_ovl'] < d / 4
+    args = (chi, [r['mean'] for r in rep], [r['multimodal'] for r in rep])
+    assert locate_edge(*args) == 0  # the raw argmax picks the rank-1 Gaussian (chi_ovl = d)
+    assert locate_edge(*args, chi_gauss=[r['chi_gauss'] for r in rep]) == 2  # normalised: the islands
+    out = locate_edge(*args, chi_gauss=[r['chi_gauss'] for r in rep], details=True)
+    assert out['index'] == 2 and out['normalised'] and out['edge_chi_ovl'] == chi[2]  # raw value kept
+    np.testing.assert_allclose(out['chi_norm'], [r['chi_norm'] for r in rep])
+    np.testing.assert_array_equal(out['chi_ovl'], chi)
+    assert locate_edge(*args, details=True)['chi_norm'] is None
+
+
+def test_locate_edge_chi_gauss_edge_cases():
+    # NaN reference (identical rows): not rankable, so the other eligible model wins; all NaN -> None
+    assert locate_edge([9.0, 1.0], [0.5, 0.5], chi_gauss=[float('nan'), 2.0]) == 1
+    assert locate_edge([9.0], [0.5], chi_gauss=[float('nan')]) is None
+    assert locate_edge([4.0, 3.0], [0.5, 0.5], chi_gauss=[8.0, 1.0]) == 1  # 0.5 vs 3.0
+    with pytest.raises(ValueError, match='chi_gauss'):
+        locate_edge([1.0, 2.0], [0.3, 0.3], chi_gauss=[1.0])
+    d = locate_edge([1.0, 0.1], [0.0, 0.95], details=True)
+    assert d['index'] is None and d['edge_chi_ovl'] is None
+
 # ----------------------------------------------------------------------------- the Hamiltonian
 
 def test_latent_hamiltonian_closed_form_and_gradcheck():
