@@ -380,10 +380,45 @@ def _write_status(out: Path, rec: dict, parent: int | None) -> None:
     write_json_atomic(out / 'status.json', rec)
 
 
-def _run_notebook(notebook: Path, out: Path, params: dict, timeout: float | None, kernel_name: str,
-                  cwd: str | None, parent: int | None = None, echo: bool = False) -> dict:
+@contextlib.contextmanager
+def _papermill_log(path: Path, echo: bool):
+    "Route papermill's log (INFO and up) to `path` (and, with `echo`, to stderr) while the block runs; restored after."
+    log = logging.getLogger('papermill')
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
+    old_level = log.level
+    log.addHandler(handler); log.setLevel(logging.INFO)
+    console = None
+    if echo:  # cell progress and the notebook's own output, live on the terminal (stderr) as well as in run.log
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter('%(message)s'))
+        log.addHandler(console)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler); log.setLevel(old_level); handler.close()
+        if console is not None: log.removeHandler(console)
+
+
+def _papermill_execute(notebook: Path, executed: Path, params: dict, kernel_name: str, cwd: str | None, echo: bool,
+                       on_kernel_start: Callable[[int], None]) -> tuple[str, str | None, str | None]:
+    "(status, error, traceback) of one papermill execution of `notebook` into `executed`; Ctrl-C (BaseException) propagates."
     import papermill
     from papermill.exceptions import PapermillExecutionError
+    try:
+        papermill.execute_notebook(str(notebook), str(executed), parameters=params, kernel_name=kernel_name,
+                                   language='python', progress_bar=echo, log_output=True, cwd=cwd,
+                                   kernel_manager_class=_tracking_kernel_manager(on_kernel_start))
+        return COMPLETED, None, None
+    except PapermillExecutionError as e:
+        return FAILED, f'{e.ename}: {e.evalue} (cell {e.exec_count})', _ANSI.sub('', '\n'.join(e.traceback))
+    except Exception as e:  # dead kernel, kernel start failure, I/O errors: all recorded for this run
+        return FAILED, f'{type(e).__name__}: {e}'.strip(), traceback.format_exc()
+
+
+def _run_notebook(notebook: Path, out: Path, params: dict, timeout: float | None, kernel_name: str,
+                  cwd: str | None, parent: int | None = None, echo: bool = False) -> dict:
+    import papermill  # noqa: F401  (fail here, before the run folder is touched, when papermill is missing)
     if _orphaned(parent):  # the sweep died while this worker started: leave the folder to whoever resumes
         return {'status': INTERRUPTED, 'error': 'the sweep process went away before the run started'}
     out.mkdir(parents=True, exist_ok=True)
@@ -403,39 +438,19 @@ def _run_notebook(notebook: Path, out: Path, params: dict, timeout: float | None
 
     t0 = time.monotonic()
     dog = _Watchdog(pids, None if timeout is None else t0 + timeout, parent)
-    log = logging.getLogger('papermill')
-    handler = logging.FileHandler(out / 'run.log')
-    handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
-    old_level = log.level
-    log.addHandler(handler); log.setLevel(logging.INFO)
-    console = None
-    if echo:  # cell progress and the notebook's own output, live on the terminal (stderr) as well as in run.log
-        console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(logging.Formatter('%(message)s'))
-        log.addHandler(console)
-    dog.start()
-    error, tb = None, None
-    try:
-        papermill.execute_notebook(str(notebook), str(executed), parameters=params, kernel_name=kernel_name,
-                                   language='python', progress_bar=echo, log_output=True, cwd=cwd,
-                                   kernel_manager_class=_tracking_kernel_manager(on_kernel_start))
-        status = COMPLETED
-    except PapermillExecutionError as e:
-        status, error = FAILED, f'{e.ename}: {e.evalue} (cell {e.exec_count})'
-        tb = _ANSI.sub('', '\n'.join(e.traceback))
-    except Exception as e:  # dead kernel, kernel start failure, I/O errors: all recorded for this run
-        status, error, tb = FAILED, f'{type(e).__name__}: {e}'.strip(), traceback.format_exc()
-    except BaseException:  # Ctrl-C while running in-process: record it, then let it propagate
-        for pid in pids: _kill_tree(pid)
-        rec.update(status=INTERRUPTED, error='interrupted', finished=_now(),
-                   duration_s=round(time.monotonic() - t0, 3), kernel_pids=pids)
-        _write_status(out, rec, parent)
-        raise
-    finally:
-        dog.stop.set(); dog.join()
-        for pid in pids: _kill_tree(pid)  # normally already gone: shutdown is part of papermill's run
-        log.removeHandler(handler); log.setLevel(old_level); handler.close()
-        if console is not None: log.removeHandler(console)
+    with _papermill_log(out / 'run.log', echo):
+        dog.start()
+        try:
+            status, error, tb = _papermill_execute(notebook, executed, params, kernel_name, cwd, echo, on_kernel_start)
+        except BaseException:  # Ctrl-C while running in-process: record it, then let it propagate
+            for pid in pids: _kill_tree(pid)
+            rec.update(status=INTERRUPTED, error='interrupted', finished=_now(),
+                       duration_s=round(time.monotonic() - t0, 3), kernel_pids=pids)
+            _write_status(out, rec, parent)
+            raise
+        finally:
+            dog.stop.set(); dog.join()
+            for pid in pids: _kill_tree(pid)  # normally already gone: shutdown is part of papermill's run
     if status != COMPLETED and dog.reason == TIMEOUT:
         status, error = TIMEOUT, f'timed out after {timeout:g} s; kernel killed'
     elif status != COMPLETED and dog.reason == INTERRUPTED:
@@ -444,7 +459,6 @@ def _run_notebook(notebook: Path, out: Path, params: dict, timeout: float | None
                duration_s=round(time.monotonic() - t0, 3), kernel_pids=pids)
     _write_status(out, rec, parent)
     return rec
-
 
 def run_notebook(notebook: str | Path, # the .ipynb to execute (must have a `parameters` cell with `output_dir`)
                  output_dir: str | Path, # where the executed notebook, params.json, status.json, run.log and outputs go
@@ -839,6 +853,62 @@ def _run_ray(tasks: list[dict], workers: int | None, address: str | None, on_don
         if started: ray.shutdown()
 
 # %% ../nbs/09_sweep.ipynb #5226d9ac
+def _check_sweep_args(engine: str, workers, retries, timeout, lock_timeout) -> tuple:
+    "Validated (workers, retries, timeout, lock_timeout) of `run_sweep` (lock_timeout inf -> None; workers default 1 locally)."
+    if engine not in ('local', 'ray'):
+        raise ValueError(f"engine: expected 'local' or 'ray', got {engine!r}")
+    if workers is not None: workers = check_int(workers, 'workers', lo=1)
+    retries = check_int(retries, 'retries', lo=0)
+    if timeout is not None: timeout = check_float(timeout, 'timeout', lo=0, lo_open=True)
+    if lock_timeout is not None: lock_timeout = check_float(lock_timeout, 'lock_timeout', lo=0, finite=False)
+    if lock_timeout == float('inf'): lock_timeout = None
+    if engine == 'ray': _ray()  # fail early, before anything is written
+    elif workers is None: workers = 1
+    return workers, retries, timeout, lock_timeout
+
+
+def _plan_runs(notebook: Path, grid) -> tuple[dict, list, list, list]:
+    "(parameter spec, parameter sets, run ids, their hashes) of `grid` for `notebook`; every set validated, none twice."
+    spec = notebook_parameters(notebook)
+    runs = expand_grid(grid, spec)
+    for params in runs: validate_parameters(spec, params, what='grid parameter')
+    varying = [k for k in (runs[0] if runs else {}) if len({json.dumps(p.get(k), sort_keys=True, default=str) for p in runs}) > 1]
+    ids = [run_id(p, varying) for p in runs]
+    hashes = [i.rsplit('-', 1)[-1] for i in ids]
+    if len(set(hashes)) != len(hashes):
+        dup = next(p for p, h in zip(runs, hashes) if hashes.count(h) > 1)
+        raise ValueError(f'grid: parameter set {dup} occurs more than once')
+    return spec, runs, ids, hashes
+
+
+def _pending_tasks(out_dir: Path, notebook: Path, nb_hash: str, ids: list, runs: list, keep_stale: bool,
+                   defaults: dict, **common) -> tuple[list, list, list]:
+    """(skipped, stale, tasks): completed runs of this notebook version are skipped (any version with `keep_stale`);
+    completed runs of another version are `stale` and re-run; every run to do becomes a task dict (with `common`)."""
+    skipped, stale, tasks = [], [], []
+    for rid, params in zip(ids, runs):
+        st = read_status(out_dir / rid) or {}
+        if st.get('status') == COMPLETED:
+            if keep_stale or st.get('notebook_hash') == nb_hash: skipped.append(rid); continue
+            stale.append(rid)  # completed by another version of the notebook (or one that recorded none)
+        tasks.append({'notebook': str(notebook), 'run_dir': str(out_dir / rid), 'params': params, **common,
+                      'gpu': _wants_cuda({**defaults, **params}), 'run_id': rid})
+    return skipped, stale, tasks
+
+
+def _progress_callback(bar, counts: dict, table, progress: bool) -> Callable:
+    "on_done(task, record) of a sweep: count the run's status, report a failure, advance `bar`, update results.csv."
+    def on_done(task, rec):
+        st = (rec or {}).get('status', INTERRUPTED)
+        counts[st] = counts.get(st, 0) + 1
+        if st != COMPLETED and progress:
+            bar.write(f"{task['run_id']}: {st}: {(rec or {}).get('error')}  (log: {task['run_dir']}/run.log)")
+        bar.set_postfix({k: v for k, v in counts.items() if v}, refresh=False)
+        bar.update(1)
+        table.update(Path(task['run_dir']))
+    return on_done
+
+
 def run_sweep(notebook: str | Path, # the parameterized .ipynb
               grid: str | Path | Mapping, # grid YAML path or mapping (see `expand_grid`)
               out_dir: str | Path, # the sweep folder: one run directory per parameter set + results.csv
@@ -856,25 +926,9 @@ def run_sweep(notebook: str | Path, # the parameterized .ipynb
               keep_stale: bool = False, # count completed runs of an *edited* notebook as complete (default: re-run them)
              ) -> SweepResult:
     "Run `notebook` once per parameter set of `grid` into `out_dir`; resumable, failure-isolated."
-    if engine not in ('local', 'ray'):
-        raise ValueError(f"engine: expected 'local' or 'ray', got {engine!r}")
-    if workers is not None: workers = check_int(workers, 'workers', lo=1)
-    retries = check_int(retries, 'retries', lo=0)
-    if timeout is not None: timeout = check_float(timeout, 'timeout', lo=0, lo_open=True)
-    if lock_timeout is not None: lock_timeout = check_float(lock_timeout, 'lock_timeout', lo=0, finite=False)
-    if lock_timeout == float('inf'): lock_timeout = None
-    if engine == 'ray': _ray()  # fail early, before anything is written
-    elif workers is None: workers = 1
+    workers, retries, timeout, lock_timeout = _check_sweep_args(engine, workers, retries, timeout, lock_timeout)
     notebook = Path(notebook).resolve()
-    spec = notebook_parameters(notebook)
-    runs = expand_grid(grid, spec)
-    for params in runs: validate_parameters(spec, params, what='grid parameter')
-    varying = [k for k in (runs[0] if runs else {}) if len({json.dumps(p.get(k), sort_keys=True, default=str) for p in runs}) > 1]
-    ids = [run_id(p, varying) for p in runs]
-    hashes = [i.rsplit('-', 1)[-1] for i in ids]
-    if len(set(hashes)) != len(hashes):
-        dup = next(p for p, h in zip(runs, hashes) if hashes.count(h) > 1)
-        raise ValueError(f'grid: parameter set {dup} occurs more than once')
+    spec, runs, ids, hashes = _plan_runs(notebook, grid)
     out_dir = Path(out_dir).resolve()
     nb_hash = notebook_hash(notebook)
     defaults = {k: p.default for k, p in spec.items() if p.literal and k != 'output_dir'}
@@ -889,30 +943,12 @@ def run_sweep(notebook: str | Path, # the parameterized .ipynb
         write_json_atomic(out_dir / 'sweep.json', {
             'notebook': str(notebook), 'notebook_hash': nb_hash, 'grid': load_grid(grid), 'engine': engine,
             'workers': workers, 'retries': retries, 'timeout': timeout, 'updated': _now(), 'runs': ids})
-        skipped, stale, tasks = [], [], []
-        for rid, params in zip(ids, runs):
-            st = read_status(out_dir / rid) or {}
-            if st.get('status') == COMPLETED:
-                if keep_stale or st.get('notebook_hash') == nb_hash: skipped.append(rid); continue
-                stale.append(rid)  # completed by another version of the notebook (or one that recorded none)
-            tasks.append({'notebook': str(notebook), 'run_dir': str(out_dir / rid), 'params': params,
-                          'timeout': timeout, 'retries': retries, 'kernel_name': kernel_name, 'cwd': cwd,
-                          'gpu': _wants_cuda({**defaults, **params}), 'run_id': rid})
+        skipped, stale, tasks = _pending_tasks(out_dir, notebook, nb_hash, ids, runs, keep_stale, defaults,
+                                               timeout=timeout, retries=retries, kernel_name=kernel_name, cwd=cwd)
         from tqdm.auto import tqdm
         bar = tqdm(total=len(ids), initial=len(skipped), desc=f'sweep {notebook.stem}', unit='run',
                    disable=not progress, file=sys.stderr)
-        counts = {COMPLETED: len(skipped)}
-        table = _ResultsTable(out_dir)
-
-        def on_done(task, rec):
-            st = (rec or {}).get('status', INTERRUPTED)
-            counts[st] = counts.get(st, 0) + 1
-            if st != COMPLETED and progress:
-                bar.write(f"{task['run_id']}: {st}: {(rec or {}).get('error')}  (log: {task['run_dir']}/run.log)")
-            bar.set_postfix({k: v for k, v in counts.items() if v}, refresh=False)
-            bar.update(1)
-            table.update(Path(task['run_dir']))
-
+        on_done = _progress_callback(bar, {COMPLETED: len(skipped)}, _ResultsTable(out_dir), progress)
         try:
             if tasks:
                 if engine == 'local': _run_local(tasks, workers, gpus, on_done)

@@ -333,6 +333,28 @@ def test_locate_edge_chi_gauss_edge_cases():
     d = locate_edge([1.0, 0.1], [0.0, 0.95], details=True)
     assert d['index'] is None and d['edge_chi_ovl'] is None
 
+def test_geodesic_leapfrog_stays_on_sphere_and_is_reversible():
+    "Geodesic leapfrog: on the sphere, tangent momentum, time-reversible (negate v, same steps -> start), H conserved as eps -> 0."
+    from hyperlatent.hamiltonian import _energy_and_grad, _geodesic_leapfrog, _tangent
+    d, n = 6, 5
+    g = torch.Generator().manual_seed(0)
+    U = lambda x: (x ** 4).sum(-1) / d - x[:, 0]  # noqa: E731
+    s = sample_sphere(n, d, generator=g, dtype=torch.float64)
+    e, gr = _energy_and_grad(U, s)
+    v = _tangent(torch.randn(n, d, generator=g, dtype=torch.float64), s / math.sqrt(d))
+    eps = torch.full((n, 1), 0.05, dtype=torch.float64)
+    sp, ep, gp, vp = _geodesic_leapfrog(U, s, gr, v, eps, 7)
+    torch.testing.assert_close(sp.norm(dim=-1), torch.full((n,), math.sqrt(d), dtype=torch.float64))
+    torch.testing.assert_close((vp * sp).sum(-1), torch.zeros(n, dtype=torch.float64), atol=1e-10, rtol=0)
+    torch.testing.assert_close(ep, U(sp))
+    sb, eb, _, vb = _geodesic_leapfrog(U, sp, gp, -vp, eps, 7)
+    torch.testing.assert_close(sb, s, atol=1e-10, rtol=0)
+    torch.testing.assert_close(-vb, v, atol=1e-10, rtol=0)
+    h0, h1 = e + 0.5 * (v * v).sum(-1), ep + 0.5 * (vp * vp).sum(-1)
+    _, ep2, _, vp2 = _geodesic_leapfrog(U, s, gr, v, eps / 10, 70)  # same path length, 10x smaller step
+    h2 = ep2 + 0.5 * (vp2 * vp2).sum(-1)
+    assert ((h2 - h0).abs() < (h1 - h0).abs() / 20 + 1e-12).all()  # second order: error / ~100
+
 # ----------------------------------------------------------------------------- the Hamiltonian
 
 def test_latent_hamiltonian_closed_form_and_gradcheck():
