@@ -720,6 +720,23 @@ class PSpinHamiltonian:
         return PSpinHamiltonian(self.d, self.p, field=self.field, field_strength=field_strength, couplings=self.J)
 
 
+def _merge_minima(u: Tensor, e: Tensor, conv: Tensor, merge_tol: float) -> tuple[list, list]:
+    """Greedy merge of converged endpoints, lowest energy first: (representative rows, counts). Row i joins the first
+    representative j with overlap u_i . u_j > 1 - merge_tol (u (n, d) unit rows, e (n,) energies, conv (n,) bools)."""
+    reps, counts = [], []
+    for i in torch.argsort(e).tolist():
+        if not bool(conv[i]):
+            continue
+        for k, j in enumerate(reps):
+            if float(u[i] @ u[j]) > 1 - merge_tol:
+                counts[k] += 1
+                break
+        else:
+            reps.append(i)
+            counts.append(1)
+    return reps, counts
+
+
 def local_minima(
     energy: Callable[[Tensor], Tensor],  # differentiable H: (n, d) spins -> (n,) energies
     d: int,  # dimension; sphere of radius sqrt(d)
@@ -767,19 +784,7 @@ def local_minima(
         stalled = t * gn < xtol * r  # no descent step longer than xtol * r exists: a kink minimum (ReLU decoders)
         done = done | conv_of(gn, g) | stalled
     conv = conv_of(gn, g) | (t * gn < xtol * r)
-    u = s / r
-    order = torch.argsort(e)
-    reps, counts = [], []
-    for i in order.tolist():
-        if not bool(conv[i]):
-            continue
-        for k, j in enumerate(reps):
-            if float(u[i] @ u[j]) > 1 - merge_tol:
-                counts[k] += 1
-                break
-        else:
-            reps.append(i)
-            counts.append(1)
+    reps, counts = _merge_minima(s / r, e, conv, merge_tol)
     idx = torch.tensor(reps, dtype=torch.long)
     return dict(n_minima=len(reps), minima=s[idx], energies=e[idx], counts=torch.tensor(counts, dtype=torch.long),
                 n_converged=int(conv.sum()), final=s, final_energies=e)

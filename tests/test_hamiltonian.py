@@ -590,3 +590,15 @@ def test_several_islands_are_edge(K):
     c = classify_phase(z)
     assert c['phase'] == 'edge', c['reason']
     assert c['n_modes'] >= 2 and c['n_modes_reference'] == 1
+
+
+def test_merge_minima_contract():
+    "Lowest energy first; overlap > 1 - merge_tol merges into the first representative; unconverged rows are ignored."
+    from hyperlatent.hamiltonian import _merge_minima
+    a = math.sqrt(1 - 1e-6)
+    u = torch.tensor([[1.0, 0.0], [a, 1e-3], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
+    e = torch.tensor([2.0, 1.0, 3.0, 0.5, -1.0], dtype=torch.float64)
+    conv = torch.tensor([True, True, True, True, False])
+    assert _merge_minima(u, e, conv, 1e-4) == ([3, 1, 2], [1, 2, 1])  # rows 0 and 1 merge under row 1 (lower energy)
+    assert _merge_minima(u, e, conv, 1e-8) == ([3, 1, 0, 2], [1, 1, 1, 1])
+    assert _merge_minima(u, e, torch.zeros(5, dtype=torch.bool), 1e-4) == ([], [])
