@@ -78,7 +78,7 @@ def _moment_sums(u: Tensor, chunk: int = 8192) -> tuple[int, float, float]:
     s2 = (float((C * C).sum()) - diag4) / 2
     return n * (n - 1) // 2, s1, s2
 
-
+# %% ../nbs/05_hamiltonian.ipynb #2bc1560a
 def _summarise(n_pairs: int, s1: float, s2: float, d: int, exact: bool) -> dict:
     "Turn pair sums into the reported statistics (population moments over the pair set)."
     if n_pairs == 0:
@@ -92,20 +92,20 @@ def _summarise(n_pairs: int, s1: float, s2: float, d: int, exact: bool) -> dict:
     return dict(mean=mean, var=var, chi_ovl=d * var, chi_sg=d * m2,
                 angle=math.acos(min(1.0, max(-1.0, mean))), n_pairs=n_pairs, exact=exact)
 
-
+# %% ../nbs/05_hamiltonian.ipynb #e45d053f
 def _sample_pairs(n: int, m: int, generator, device) -> tuple[Tensor, Tensor]:
     "m uniformly random ordered pairs (i, j), i != j, with replacement (each distinct pair equally likely)."
     i = torch.randint(0, n, (m,), generator=generator, device=device)
     j = torch.randint(0, n - 1, (m,), generator=generator, device=device)
     return i, j + (j >= i).long()
 
-
+# %% ../nbs/05_hamiltonian.ipynb #de792f38
 def _pair_overlaps(u: Tensor, i: Tensor, j: Tensor, chunk: int = 16384) -> Tensor:
     "R for the index pairs (i, j), in chunks (no (m, d) temporaries for large m)."
     return torch.cat([(u[i[a:a + chunk]] * u[j[a:a + chunk]]).sum(-1) for a in range(0, i.numel(), chunk)]) \
         if i.numel() else u.new_zeros(0)
 
-
+# %% ../nbs/05_hamiltonian.ipynb #29859a0f
 def _random_pair_stats(R: Tensor, d: int) -> dict:
     "Unbiased estimates from sampled overlaps: mean, Bessel-corrected variance, d E[R^2]."
     m = R.numel()
@@ -117,7 +117,7 @@ def _random_pair_stats(R: Tensor, d: int) -> dict:
     return dict(mean=mean, var=var, chi_ovl=d * var, chi_sg=d * m2,
                 angle=math.acos(min(1.0, max(-1.0, mean))), n_pairs=m, exact=False)
 
-
+# %% ../nbs/05_hamiltonian.ipynb #20b1eadb
 def overlap_stats(
     z,  # (n, d) latents (means mu of held-out inputs); rows are projected to the unit sphere, never centred
     *,
@@ -358,7 +358,7 @@ class PhaseThresholds:
     peak_prominence: float = 0.1  # a mode counts if its prominence is >= this fraction of the max density
     smooth_bins: float = 2.0  # Gaussian smoothing of P(R), in bins
 
-
+# %% ../nbs/05_hamiltonian.ipynb #b6613578
 def count_modes(
     density,  # (bins,) histogram density of R
     *,
@@ -378,7 +378,7 @@ def count_modes(
     peaks, _ = find_peaks(sm, prominence=prominence * sm.max())
     return int(len(peaks))
 
-
+# %% ../nbs/05_hamiltonian.ipynb #9030f794
 def gaussian_reference(
     z,  # (n, d) latents; rows are projected to the unit sphere
     *,
@@ -403,7 +403,7 @@ def gaussian_reference(
     dens = overlap_distribution(x[keep], bins)['density'] if int(keep.sum()) >= 2 else None
     return dict(cov=S, participation_ratio=tr * tr / tr2, chi_gauss=d * tr2 / (tr * tr), sample=x, density=dens)
 
-
+# %% ../nbs/05_hamiltonian.ipynb #ea2e8c82
 def classify_phase(
     z,  # (n, d) latents (held-out means); projected to the sphere, never centred
     *,
@@ -460,7 +460,7 @@ def classify_phase(
                 flow_exponent=x, weakly_magnetised=phase == 'disordered' and abs(mean) > th.disordered_mean,
                 n_pairs=st['n_pairs'], exact=st['exact'], thresholds=asdict(th))
 
-
+# %% ../nbs/05_hamiltonian.ipynb #37da714d
 def locate_edge(
     chi_ovl,  # (m,) raw chi_ovl = d Var R of the models along a sweep
     mean,  # (m,) E[R] of the same models
@@ -562,7 +562,7 @@ class GibbsSamples(NamedTuple):
     step_size: float  # the (frozen) leapfrog step used after burn-in
     final: Tensor  # (n_chains, d) last state of every chain
 
-
+# %% ../nbs/05_hamiltonian.ipynb #c4566ae2
 def _energy_and_grad(energy: Callable, s: Tensor) -> tuple[Tensor, Tensor]:
     with torch.enable_grad():
         s = s.detach().requires_grad_(True)
@@ -572,11 +572,11 @@ def _energy_and_grad(energy: Callable, s: Tensor) -> tuple[Tensor, Tensor]:
         g, = torch.autograd.grad(e.sum(), s)
     return e.detach(), g.detach()
 
-
+# %% ../nbs/05_hamiltonian.ipynb #7cdf9d49
 def _tangent(v: Tensor, unit: Tensor) -> Tensor:
     return v - (v * unit).sum(-1, keepdim=True) * unit
 
-
+# %% ../nbs/05_hamiltonian.ipynb #f729dd06
 def _check_gibbs_args(d, n_chains, n_steps, n_leapfrog, thin, n_burn, temperature, step_size, target_accept) -> tuple:
     "Validated (d, n_chains, n_steps, n_leapfrog, thin, n_burn, temperature, step_size) of `sample_gibbs_sphere`."
     d = _check_pos_int(d, 'd', 2)
@@ -594,7 +594,7 @@ def _check_gibbs_args(d, n_chains, n_steps, n_leapfrog, thin, n_burn, temperatur
         raise ValueError(f'target_accept must be in (0, 1), got {target_accept!r}')
     return d, n_chains, n_steps, n_leapfrog, thin, n_burn, temperature, step_size
 
-
+# %% ../nbs/05_hamiltonian.ipynb #d14622a0
 def _gibbs_start(init, n_chains: int, d: int, dtype, device, generator) -> tuple:
     "(starting spins (n_chains, d) on the sphere of radius sqrt(d), dtype, device): `init` projected, else uniform draws."
     if init is not None:
@@ -609,7 +609,7 @@ def _gibbs_start(init, n_chains: int, d: int, dtype, device, generator) -> tuple
          else sphere_project(init.detach().to(dtype=dtype, device=device)))
     return s, dtype, device
 
-
+# %% ../nbs/05_hamiltonian.ipynb #f1e1d549
 def _geodesic_leapfrog(U: Callable, s: Tensor, g: Tensor, v: Tensor, eps: Tensor, n_leapfrog: int):
     """`n_leapfrog` geodesic leapfrog steps of size `eps` (n_chains, 1) from spins s with energy gradient g and
     tangent momentum v: half kicks along the tangent gradient, exact rotations along great circles in between.
@@ -630,7 +630,7 @@ def _geodesic_leapfrog(U: Callable, s: Tensor, g: Tensor, v: Tensor, eps: Tensor
         v = v - 0.5 * eps * _tangent(gp, up)
     return sp, ep, gp, v
 
-
+# %% ../nbs/05_hamiltonian.ipynb #8a79a91b
 def sample_gibbs_sphere(
     energy: Callable[[Tensor], Tensor],  # differentiable H: (n_chains, d) spins -> (n_chains,) energies
     d: int,  # dimension; the sphere has radius sqrt(d)
@@ -719,7 +719,7 @@ class PSpinHamiltonian:
         "The same couplings at another field strength."
         return PSpinHamiltonian(self.d, self.p, field=self.field, field_strength=field_strength, couplings=self.J)
 
-
+# %% ../nbs/05_hamiltonian.ipynb #e56fe0a8
 def _merge_minima(u: Tensor, e: Tensor, conv: Tensor, merge_tol: float) -> tuple[list, list]:
     """Greedy merge of converged endpoints, lowest energy first: (representative rows, counts). Row i joins the first
     representative j with overlap u_i . u_j > 1 - merge_tol (u (n, d) unit rows, e (n,) energies, conv (n,) bools)."""
@@ -736,7 +736,7 @@ def _merge_minima(u: Tensor, e: Tensor, conv: Tensor, merge_tol: float) -> tuple
             counts.append(1)
     return reps, counts
 
-
+# %% ../nbs/05_hamiltonian.ipynb #dc6583ef
 def local_minima(
     energy: Callable[[Tensor], Tensor],  # differentiable H: (n, d) spins -> (n,) energies
     d: int,  # dimension; sphere of radius sqrt(d)
@@ -789,7 +789,7 @@ def local_minima(
     return dict(n_minima=len(reps), minima=s[idx], energies=e[idx], counts=torch.tensor(counts, dtype=torch.long),
                 n_converged=int(conv.sum()), final=s, final_energies=e)
 
-
+# %% ../nbs/05_hamiltonian.ipynb #41794c9b
 def ruggedness(
     hamiltonian,  # an energy with .at_field(h) (LatentHamiltonian, PSpinHamiltonian)
     field_strengths,  # field strengths h to scan

@@ -29,20 +29,20 @@ def _as_tensor(a, name: str, device=None) -> Tensor:
     "A 2-D floating torch tensor view of `a` (numpy or torch; rows = points, trailing dims flattened); finiteness is checked by the chunked `_check_finite`."
     return as_matrix(a, name, device=device, finite=False)
 
-
+# %% ../nbs/04_knn.ipynb #c43c9be3
 def _row_slices(t: Tensor, budget: int):
     "Consecutive row ranges of `t` whose float64 copies would fit `budget` bytes (at least one row each)."
     step = max(1, budget // (8 * t.shape[1]))
     return [slice(s, s + step) for s in range(0, t.shape[0], step)]
 
-
+# %% ../nbs/04_knn.ipynb #bd17a660
 def _check_finite(t: Tensor, name: str, budget: int = 2**26) -> None:
     with _serial(t.device):  # one memory-bound pass: on one thread (see `_serial`)
         ok = all(bool(torch.isfinite(t[s]).all()) for s in _row_slices(t, budget))
     if not ok:
         raise ValueError(f'{name} must contain only finite values (no NaN or inf)')
 
-
+# %% ../nbs/04_knn.ipynb #69fb6b02
 def _sq_norms(t: Tensor, budget: int) -> Tensor:
     "(n,) squared row norms sum_i t_i^2 in t's dtype, computed in row slices (no full-size temporary)."
     out = torch.empty(t.shape[0], dtype=t.dtype, device=t.device)
@@ -51,7 +51,7 @@ def _sq_norms(t: Tensor, budget: int) -> Tensor:
             out[s] = (t[s] * t[s]).sum(1)
     return out
 
-
+# %% ../nbs/04_knn.ipynb #16c1b03b
 def _unit_roundoff(t: Tensor) -> float:
     "Unit round-off of the matmul that produces the approximate distances (TF32 on CUDA if enabled)."
     u = torch.finfo(t.dtype).eps / 2
@@ -61,7 +61,7 @@ def _unit_roundoff(t: Tensor) -> float:
         u = torch.finfo(t.dtype).eps / 2
     return u
 
-
+# %% ../nbs/04_knn.ipynb #dd374ea9
 def _gram(a: Tensor, b: Tensor, buffers: dict) -> Tensor:
     """a @ b.T written into one reused flat buffer (a fresh 100 MB block per call costs as much in page faults
     as the product). Through torch's own BLAS: calling numpy's OpenBLAS here was as fast alone, but its spinning
@@ -76,7 +76,7 @@ def _gram(a: Tensor, b: Tensor, buffers: dict) -> Tensor:
 
 _GROUP = 32  # columns per group in `_select`
 
-
+# %% ../nbs/04_knn.ipynb #5e1585b8
 @contextmanager
 def _serial(device: torch.device):
     """Run the enclosed CPU work on one thread. A parallel torch op waits for all its threads; on a busy machine
@@ -93,7 +93,7 @@ def _serial(device: torch.device):
     finally:
         torch.set_num_threads(n)
 
-
+# %% ../nbs/04_knn.ipynb #1a816d48
 def _select(a: Tensor, kc: int) -> tuple[Tensor, Tensor]:
     """The kc smallest entries of each row of `a` (unsorted values and column indices), in about one pass.
 
@@ -117,7 +117,7 @@ def _select(a: Tensor, kc: int) -> tuple[Tensor, Tensor]:
         t = torch.topk(vals, kc, dim=1, largest=False, sorted=False)
         return t.values, torch.gather(cols, 1, t.indices)
 
-
+# %% ../nbs/04_knn.ipynb #6317f259
 def _pair_dist(Q: Tensor, B: Tensor, qi: Tensor, bi: Tensor, budget: int) -> Tensor:
     """Direct float64 distances sqrt(sum_i (Q[qi]_i - B[bi]_i)^2) of the index pairs (qi, bi), in slices of
     pairs whose float64 (pairs, d) work buffers stay within `budget` bytes."""
@@ -130,7 +130,7 @@ def _pair_dist(Q: Tensor, B: Tensor, qi: Tensor, bi: Tensor, budget: int) -> Ten
         out[s:s + step] = diff.square_().sum(1).sqrt_()
     return out
 
-
+# %% ../nbs/04_knn.ipynb #0d63cb6f
 def _exact_rerank(Q: Tensor, B: Tensor, qrows: Tensor, cand: Tensor, todo: Tensor, k: int, self_idx: Tensor | None,
                   budget: int):
     """Exact float64 distances of the candidates `cand` (r, kc) flagged in `todo` (r, kc) (the others count as
@@ -145,7 +145,7 @@ def _exact_rerank(Q: Tensor, B: Tensor, qrows: Tensor, cand: Tensor, todo: Tenso
     order = torch.sort(e, dim=1, stable=True).indices  # ... then a stable sort by distance
     return torch.gather(e, 1, order)[:, :k], torch.gather(cand, 1, order)[:, :k]
 
-
+# %% ../nbs/04_knn.ipynb #d5bd15b7
 def _brute_rows(Q: Tensor, B: Tensor, Baug: Tensor, qrows: Tensor, lim: Tensor, k: int, self_idx: Tensor | None,
                 budget: int, buffers: dict):
     """Exact k nearest bank rows of the query rows `qrows` of Q whose candidate list gave no certificate.
@@ -192,7 +192,7 @@ def _brute_rows(Q: Tensor, B: Tensor, Baug: Tensor, qrows: Tensor, lim: Tensor, 
 KNN_BACKENDS = ('auto', 'torch', 'faiss')  # `backend` of knn_search / knn_score
 _FAISS_SAFETY = 2.0  # factor on the rounding bound tau applied to faiss's float32 squared distances
 
-
+# %% ../nbs/04_knn.ipynb #02b338db
 def _faiss():
     "The faiss module, or None when faiss (faiss-cpu) is not installed."
     try:
@@ -201,7 +201,7 @@ def _faiss():
         return None
     return faiss
 
-
+# %% ../nbs/04_knn.ipynb #af6348ad
 def _pick_backend(backend: str, B: Tensor) -> str:
     "'torch' or 'faiss' for a validated bank `B` (dtype and device already resolved)."
     ok = B.device.type == 'cpu' and B.dtype == torch.float32
@@ -215,7 +215,7 @@ def _pick_backend(backend: str, B: Tensor) -> str:
                              "use backend='torch' or 'auto'")
     return backend
 
-
+# %% ../nbs/04_knn.ipynb #b4053f9d
 def _faiss_threads(faiss, fn):
     "Run fn() with faiss's OpenMP threads set to torch's thread count (so `torch.set_num_threads` governs both)."
     n = faiss.omp_get_max_threads()
@@ -225,7 +225,7 @@ def _faiss_threads(faiss, fn):
     finally:
         faiss.omp_set_num_threads(n)
 
-
+# %% ../nbs/04_knn.ipynb #cc1749e9
 def _faiss_search(Q: Tensor, B: Tensor, k: int, exclude_self: bool, qc: int, budget: int, gamma: float):
     """Exact k nearest bank rows through a faiss flat (brute-force) index: faiss proposes candidates, the float64
     re-ranking and the certificate of `knn_search` decide. Returns float64 distances and int64 indices (m, k)."""
@@ -275,7 +275,7 @@ def _faiss_search(Q: Tensor, B: Tensor, k: int, exclude_self: bool, qc: int, bud
         dist_out[qs:qs + r], idx_out[qs:qs + r] = dk, ik
     return dist_out, idx_out
 
-
+# %% ../nbs/04_knn.ipynb #39dd57b1
 def _inputs(bank, query, device) -> tuple[Tensor, Tensor, bool]:
     """Validated finite 2-D tensors (B, Q) of `bank` and `query` on one device in their promoted dtype, and
     whether both inputs were numpy (then the results are returned as numpy)."""
@@ -293,7 +293,7 @@ def _inputs(bank, query, device) -> tuple[Tensor, Tensor, bool]:
     _check_finite(B, 'bank', _BLOCK_BYTES); _check_finite(Q, 'query', _BLOCK_BYTES)
     return B, Q, both_numpy
 
-
+# %% ../nbs/04_knn.ipynb #8d2b19fa
 def _check_k_range(k: int, n: int, m: int, exclude_self: bool) -> None:
     "Raise unless 1 <= k <= n (n - 1 with `exclude_self`, which also needs m == n query rows)."
     if exclude_self and n != m:
@@ -302,7 +302,7 @@ def _check_k_range(k: int, n: int, m: int, exclude_self: bool) -> None:
     if not 1 <= k <= kmax:
         raise ValueError(f'k must be in [1, {kmax}] for a bank of {n} rows (exclude_self={exclude_self}), got {k}')
 
-
+# %% ../nbs/04_knn.ipynb #a7eaa00e
 def _augmented_bank(B: Tensor, bnorm2: Tensor) -> Tensor:
     """(n, d + 1) rows [-2 b, |b|^2] (`bnorm2` = |b|^2): one GEMM with [q, 1] gives a_j - |q|^2 = |b_j|^2 - 2 q.b_j.
     The row constant |q|^2 changes neither the order nor the differences the certificate uses; -2 b is exact
@@ -313,7 +313,7 @@ def _augmented_bank(B: Tensor, bnorm2: Tensor) -> Tensor:
     Baug[:, d] = bnorm2
     return Baug
 
-
+# %% ../nbs/04_knn.ipynb #9fb0452c
 def _block_candidates(qaug: Tensor, Baug: Tensor, kc: int, bc: int, self_idx: Tensor | None, buffers: dict):
     """The kc smallest approximate values (unsorted, in the GEMM's dtype) and their bank rows for each query row
     of `qaug` (r, d + 1), over bank blocks of `bc` rows; with `self_idx` (r,) a row's own bank row counts as +inf."""
@@ -337,7 +337,7 @@ def _block_candidates(qaug: Tensor, Baug: Tensor, kc: int, bc: int, self_idx: Te
             best_v, best_i = v, i
     return best_v, best_i
 
-
+# %% ../nbs/04_knn.ipynb #4a8d6157
 def _certificate(v64: Tensor, k: int, n: int, tau: Tensor):
     """(lim, bad, todo) for candidate values `v64` (r, kc) (float64) of a bank of n rows with rounding bound `tau` (r,).
 
@@ -356,7 +356,7 @@ def _certificate(v64: Tensor, k: int, n: int, tau: Tensor):
         todo = torch.ones_like(v64, dtype=torch.bool)
     return lim, bad, todo
 
-
+# %% ../nbs/04_knn.ipynb #90a99c63
 def _torch_search(Q: Tensor, B: Tensor, k: int, exclude_self: bool, chunk_size: int | None, budget: int, gamma: float):
     """Exact k nearest bank rows by GEMM blocks, the certificate and float64 re-ranking (brute force for the rows
     without a certificate). Returns float64 distances and int64 indices, each (m, k), on B's device."""
@@ -389,7 +389,7 @@ def _torch_search(Q: Tensor, B: Tensor, k: int, exclude_self: bool, chunk_size: 
         dist_out[qs:qs + r], idx_out[qs:qs + r] = dk, ik
     return dist_out, idx_out
 
-
+# %% ../nbs/04_knn.ipynb #db65c2d7
 def knn_search(
     bank,  # (n_bank, ...) reference points (numpy array or torch tensor); trailing dims are flattened
     query,  # (n_query, ...) query points, same number of features as `bank`

@@ -335,7 +335,7 @@ class AuditResult(NamedTuple):
     ill_posed: bool
     reasons: list  # the criteria of `REGIME_THRESHOLDS` that fired
 
-
+# %% ../nbs/06_leakage.ipynb #74ea795d
 def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     "Spearman rank correlation, None when undefined (fewer than 3 points or a constant input)."
     from scipy.stats import spearmanr
@@ -343,7 +343,7 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
         return None
     return float(spearmanr(x, y).statistic)
 
-
+# %% ../nbs/06_leakage.ipynb #197430d5
 def _as_detectors(detectors) -> tuple[list, list]:
     "The detectors as a non-empty list (one name or callable allowed) and their distinct names."
     detectors = [detectors] if isinstance(detectors, str) or callable(detectors) else list(detectors)
@@ -356,7 +356,7 @@ def _as_detectors(detectors) -> tuple[list, list]:
         raise ValueError(f'detectors must have distinct names, got {names}')
     return detectors, names
 
-
+# %% ../nbs/06_leakage.ipynb #cdf7c5cc
 def _split_runs(X_train, X_test, Xtr, ytr, Xte, yte, detectors, names, classes, k, seed, represent, detector_kw):
     """Per held-out class c: the AUROC of every detector ({name: {c: auroc}}), the leakage L_k of the split's
     representation ({c: L}) and class c's own leakage ({c: l_c}). Without `represent` one fixed representation
@@ -384,7 +384,7 @@ def _split_runs(X_train, X_test, Xtr, ytr, Xte, yte, detectors, names, classes, 
                                               **detector_kw.get(n, {})))
     return aucs, split_leak, class_leak
 
-
+# %% ../nbs/06_leakage.ipynb #7fb9e739
 def _audit_tables(aucs, split_leak, class_leak, yte, classes, names, k, eps, per_split: bool) -> tuple[dict, pd.DataFrame]:
     """The Table 1 row (leakage, chance, ratio, per-detector and mean instability rates) and the per-class table.
     `per_split`: one representation per split (L = mean of the splits' L_k), else one fixed representation."""
@@ -414,7 +414,7 @@ def _audit_tables(aucs, split_leak, class_leak, yte, classes, names, k, eps, per
         row[r] = float(np.mean([row[f'{n}/{r}'] for n in names]))
     return row, per_class
 
-
+# %% ../nbs/06_leakage.ipynb #619542b1
 def audit_class_split(
     X_train,  # (n_train, ...) training rows: raw inputs if `represent` is given, else the representation itself
     y_train,  # (n_train,) training labels (used only to form the splits)
