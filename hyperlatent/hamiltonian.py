@@ -78,7 +78,7 @@ def _moment_sums(u: Tensor, chunk: int = 8192) -> tuple[int, float, float]:
     s2 = (float((C * C).sum()) - diag4) / 2
     return n * (n - 1) // 2, s1, s2
 
-
+# %% ../nbs/05_hamiltonian.ipynb #2bc1560a
 def _summarise(n_pairs: int, s1: float, s2: float, d: int, exact: bool) -> dict:
     "Turn pair sums into the reported statistics (population moments over the pair set)."
     if n_pairs == 0:
@@ -92,20 +92,20 @@ def _summarise(n_pairs: int, s1: float, s2: float, d: int, exact: bool) -> dict:
     return dict(mean=mean, var=var, chi_ovl=d * var, chi_sg=d * m2,
                 angle=math.acos(min(1.0, max(-1.0, mean))), n_pairs=n_pairs, exact=exact)
 
-
+# %% ../nbs/05_hamiltonian.ipynb #e45d053f
 def _sample_pairs(n: int, m: int, generator, device) -> tuple[Tensor, Tensor]:
     "m uniformly random ordered pairs (i, j), i != j, with replacement (each distinct pair equally likely)."
     i = torch.randint(0, n, (m,), generator=generator, device=device)
     j = torch.randint(0, n - 1, (m,), generator=generator, device=device)
     return i, j + (j >= i).long()
 
-
+# %% ../nbs/05_hamiltonian.ipynb #de792f38
 def _pair_overlaps(u: Tensor, i: Tensor, j: Tensor, chunk: int = 16384) -> Tensor:
     "R for the index pairs (i, j), in chunks (no (m, d) temporaries for large m)."
     return torch.cat([(u[i[a:a + chunk]] * u[j[a:a + chunk]]).sum(-1) for a in range(0, i.numel(), chunk)]) \
         if i.numel() else u.new_zeros(0)
 
-
+# %% ../nbs/05_hamiltonian.ipynb #29859a0f
 def _random_pair_stats(R: Tensor, d: int) -> dict:
     "Unbiased estimates from sampled overlaps: mean, Bessel-corrected variance, d E[R^2]."
     m = R.numel()
@@ -117,7 +117,7 @@ def _random_pair_stats(R: Tensor, d: int) -> dict:
     return dict(mean=mean, var=var, chi_ovl=d * var, chi_sg=d * m2,
                 angle=math.acos(min(1.0, max(-1.0, mean))), n_pairs=m, exact=False)
 
-
+# %% ../nbs/05_hamiltonian.ipynb #20b1eadb
 def overlap_stats(
     z,  # (n, d) latents (means mu of held-out inputs); rows are projected to the unit sphere, never centred
     *,
@@ -358,7 +358,7 @@ class PhaseThresholds:
     peak_prominence: float = 0.1  # a mode counts if its prominence is >= this fraction of the max density
     smooth_bins: float = 2.0  # Gaussian smoothing of P(R), in bins
 
-
+# %% ../nbs/05_hamiltonian.ipynb #b6613578
 def count_modes(
     density,  # (bins,) histogram density of R
     *,
@@ -378,7 +378,7 @@ def count_modes(
     peaks, _ = find_peaks(sm, prominence=prominence * sm.max())
     return int(len(peaks))
 
-
+# %% ../nbs/05_hamiltonian.ipynb #9030f794
 def gaussian_reference(
     z,  # (n, d) latents; rows are projected to the unit sphere
     *,
@@ -403,7 +403,7 @@ def gaussian_reference(
     dens = overlap_distribution(x[keep], bins)['density'] if int(keep.sum()) >= 2 else None
     return dict(cov=S, participation_ratio=tr * tr / tr2, chi_gauss=d * tr2 / (tr * tr), sample=x, density=dens)
 
-
+# %% ../nbs/05_hamiltonian.ipynb #ea2e8c82
 def classify_phase(
     z,  # (n, d) latents (held-out means); projected to the sphere, never centred
     *,
@@ -460,23 +460,34 @@ def classify_phase(
                 flow_exponent=x, weakly_magnetised=phase == 'disordered' and abs(mean) > th.disordered_mean,
                 n_pairs=st['n_pairs'], exact=st['exact'], thresholds=asdict(th))
 
-
+# %% ../nbs/05_hamiltonian.ipynb #37da714d
 def locate_edge(
-    chi_ovl,  # (m,) chi_ovl of the models along a sweep
+    chi_ovl,  # (m,) raw chi_ovl = d Var R of the models along a sweep
     mean,  # (m,) E[R] of the same models
     multimodal=None,  # (m,) bools, whether P(R) is multimodal (default all False)
     thresholds: PhaseThresholds | None = None,
-) -> int | None:  # index of the edge model, or None when no model qualifies
-    "Sweep-level edge (spec §6): argmax of chi_ovl among models with E[R] in the edge band or multimodal P(R)."
+    *,
+    chi_gauss=None,  # (m,) chi_gauss of each model's covariance-matched Gaussian (`gaussian_reference`); None: rank chi_ovl as given
+    details: bool = False,  # return a dict (index, raw and normalised chi of every model) instead of the index alone
+):  # index of the edge model, or None when no model qualifies (with `details`: a dict holding it)
+    "Sweep-level edge (spec §6): argmax of chi_norm = chi_ovl / chi_gauss among models with E[R] in the edge band or multimodal P(R)."
     th = PhaseThresholds() if thresholds is None else thresholds
     chi, mu = np.asarray(chi_ovl, dtype=float), np.asarray(mean, dtype=float)
     mm = np.zeros(chi.shape, bool) if multimodal is None else np.asarray(multimodal, dtype=bool)
-    if chi.ndim != 1 or chi.shape != mu.shape or chi.shape != mm.shape:
-        raise ValueError(f'chi_ovl, mean and multimodal must be 1-D of equal length, got {chi.shape}, {mu.shape}, {mm.shape}')
+    ref = None if chi_gauss is None else np.asarray(chi_gauss, dtype=float)
+    if chi.ndim != 1 or chi.shape != mu.shape or chi.shape != mm.shape or (ref is not None and ref.shape != chi.shape):
+        raise ValueError(f'chi_ovl, mean and multimodal must be 1-D of equal length, got {chi.shape}, {mu.shape}, {mm.shape}'
+                         + ('' if ref is None else f' (chi_gauss {ref.shape})'))
     ok = ((mu >= th.edge_mean) & (mu <= th.ordered_mean)) | mm
-    if not ok.any():
-        return None
-    return int(np.flatnonzero(ok)[np.argmax(chi[ok])])
+    score = chi if ref is None else chi / ref
+    if ref is not None:
+        ok &= np.isfinite(score)  # no reference (all rows equal, chi_gauss NaN): nothing to rank it by
+    idx = int(np.flatnonzero(ok)[np.argmax(score[ok])]) if ok.any() else None
+    if not details:
+        return idx
+    return dict(index=idx, normalised=ref is not None, eligible=ok, chi_ovl=chi, chi_norm=None if ref is None else score,
+                edge_chi_ovl=None if idx is None else float(chi[idx]),
+                edge_chi_norm=None if idx is None or ref is None else float(score[idx]))
 
 # %% ../nbs/05_hamiltonian.ipynb #c8f8d951
 def _field_energy(s: Tensor, field, h: float) -> Tensor:
@@ -551,7 +562,7 @@ class GibbsSamples(NamedTuple):
     step_size: float  # the (frozen) leapfrog step used after burn-in
     final: Tensor  # (n_chains, d) last state of every chain
 
-
+# %% ../nbs/05_hamiltonian.ipynb #c4566ae2
 def _energy_and_grad(energy: Callable, s: Tensor) -> tuple[Tensor, Tensor]:
     with torch.enable_grad():
         s = s.detach().requires_grad_(True)
@@ -561,11 +572,65 @@ def _energy_and_grad(energy: Callable, s: Tensor) -> tuple[Tensor, Tensor]:
         g, = torch.autograd.grad(e.sum(), s)
     return e.detach(), g.detach()
 
-
+# %% ../nbs/05_hamiltonian.ipynb #7cdf9d49
 def _tangent(v: Tensor, unit: Tensor) -> Tensor:
     return v - (v * unit).sum(-1, keepdim=True) * unit
 
+# %% ../nbs/05_hamiltonian.ipynb #f729dd06
+def _check_gibbs_args(d, n_chains, n_steps, n_leapfrog, thin, n_burn, temperature, step_size, target_accept) -> tuple:
+    "Validated (d, n_chains, n_steps, n_leapfrog, thin, n_burn, temperature, step_size) of `sample_gibbs_sphere`."
+    d = _check_pos_int(d, 'd', 2)
+    n_chains = _check_pos_int(n_chains, 'n_chains')
+    n_steps = _check_pos_int(n_steps, 'n_steps')
+    n_leapfrog = _check_pos_int(n_leapfrog, 'n_leapfrog')
+    thin = _check_pos_int(thin, 'thin')
+    n_burn = n_steps // 2 if n_burn is None else _check_pos_int(n_burn, 'n_burn', 0)
+    if n_burn >= n_steps:
+        raise ValueError(f'n_burn must be < n_steps = {n_steps}, got {n_burn}')
+    temperature = check_float(temperature, 'temperature', lo=0.0, lo_open=True)
+    if step_size is not None:
+        step_size = check_float(step_size, 'step_size', lo=0.0, lo_open=True)
+    if not (0 < target_accept < 1):
+        raise ValueError(f'target_accept must be in (0, 1), got {target_accept!r}')
+    return d, n_chains, n_steps, n_leapfrog, thin, n_burn, temperature, step_size
 
+# %% ../nbs/05_hamiltonian.ipynb #d14622a0
+def _gibbs_start(init, n_chains: int, d: int, dtype, device, generator) -> tuple:
+    "(starting spins (n_chains, d) on the sphere of radius sqrt(d), dtype, device): `init` projected, else uniform draws."
+    if init is not None:
+        if not isinstance(init, Tensor) or init.shape != (n_chains, d) or not init.is_floating_point():
+            raise ValueError(f'init must be a floating tensor of shape ({n_chains}, {d}), got {getattr(init, "shape", init)!r}')
+        dtype = init.dtype if dtype is None else dtype
+        device = init.device if device is None else device
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    if device is None:
+        device = generator.device if generator is not None else 'cpu'
+    s = (sample_sphere(n_chains, d, generator=generator, dtype=dtype, device=device) if init is None
+         else sphere_project(init.detach().to(dtype=dtype, device=device)))
+    return s, dtype, device
+
+# %% ../nbs/05_hamiltonian.ipynb #f1e1d549
+def _geodesic_leapfrog(U: Callable, s: Tensor, g: Tensor, v: Tensor, eps: Tensor, n_leapfrog: int):
+    """`n_leapfrog` geodesic leapfrog steps of size `eps` (n_chains, 1) from spins s with energy gradient g and
+    tangent momentum v: half kicks along the tangent gradient, exact rotations along great circles in between.
+    Returns the proposal (spins, energies, gradients, momentum)."""
+    r = math.sqrt(s.shape[-1])
+    sp, gp = s, g
+    for _ in range(n_leapfrog):
+        v = v - 0.5 * eps * _tangent(gp, sp / r)
+        alpha = v.norm(dim=-1, keepdim=True)
+        vh = v / alpha.clamp_min(torch.finfo(s.dtype).tiny)
+        w = alpha * eps / r
+        up = sp / r
+        up, v = up * torch.cos(w) + vh * torch.sin(w), alpha * (-up * torch.sin(w) + vh * torch.cos(w))
+        up = up / up.norm(dim=-1, keepdim=True)  # remove rounding drift off the sphere
+        sp = r * up
+        v = _tangent(v, up)
+        ep, gp = _energy_and_grad(U, sp)
+        v = v - 0.5 * eps * _tangent(gp, up)
+    return sp, ep, gp, v
+
+# %% ../nbs/05_hamiltonian.ipynb #8a79a91b
 def sample_gibbs_sphere(
     energy: Callable[[Tensor], Tensor],  # differentiable H: (n_chains, d) spins -> (n_chains,) energies
     d: int,  # dimension; the sphere has radius sqrt(d)
@@ -584,30 +649,10 @@ def sample_gibbs_sphere(
     device=None,
 ) -> GibbsSamples:
     "Geodesic HMC with a Metropolis accept step for exp(-energy/T) on the sphere of radius sqrt(d)."
-    d = _check_pos_int(d, 'd', 2)
-    n_chains = _check_pos_int(n_chains, 'n_chains')
-    n_steps = _check_pos_int(n_steps, 'n_steps')
-    n_leapfrog = _check_pos_int(n_leapfrog, 'n_leapfrog')
-    thin = _check_pos_int(thin, 'thin')
-    n_burn = n_steps // 2 if n_burn is None else _check_pos_int(n_burn, 'n_burn', 0)
-    if n_burn >= n_steps:
-        raise ValueError(f'n_burn must be < n_steps = {n_steps}, got {n_burn}')
-    temperature = check_float(temperature, 'temperature', lo=0.0, lo_open=True)
-    if step_size is not None:
-        step_size = check_float(step_size, 'step_size', lo=0.0, lo_open=True)
-    if not (0 < target_accept < 1):
-        raise ValueError(f'target_accept must be in (0, 1), got {target_accept!r}')
-    if init is not None:
-        if not isinstance(init, Tensor) or init.shape != (n_chains, d) or not init.is_floating_point():
-            raise ValueError(f'init must be a floating tensor of shape ({n_chains}, {d}), got {getattr(init, "shape", init)!r}')
-        dtype = init.dtype if dtype is None else dtype
-        device = init.device if device is None else device
-    dtype = torch.get_default_dtype() if dtype is None else dtype
-    if device is None:
-        device = generator.device if generator is not None else 'cpu'
+    d, n_chains, n_steps, n_leapfrog, thin, n_burn, temperature, step_size = _check_gibbs_args(
+        d, n_chains, n_steps, n_leapfrog, thin, n_burn, temperature, step_size, target_accept)
+    s, dtype, device = _gibbs_start(init, n_chains, d, dtype, device, generator)
     r = math.sqrt(d)
-    s = (sample_sphere(n_chains, d, generator=generator, dtype=dtype, device=device) if init is None
-         else sphere_project(init.detach().to(dtype=dtype, device=device)))
     U = lambda x: energy(x) / temperature  # noqa: E731
     e, g = _energy_and_grad(U, s)
     adapt = step_size is None
@@ -618,19 +663,7 @@ def sample_gibbs_sphere(
         unit = s / r
         v = _tangent(torch.randn(n_chains, d, generator=generator, dtype=dtype, device=device), unit)
         h0 = e + 0.5 * (v * v).sum(-1)
-        sp, ep, gp = s, e, g
-        for _ in range(n_leapfrog):
-            v = v - 0.5 * eps * _tangent(gp, sp / r)
-            alpha = v.norm(dim=-1, keepdim=True)
-            vh = v / alpha.clamp_min(torch.finfo(dtype).tiny)
-            w = alpha * eps / r
-            up = sp / r
-            up, v = up * torch.cos(w) + vh * torch.sin(w), alpha * (-up * torch.sin(w) + vh * torch.cos(w))
-            up = up / up.norm(dim=-1, keepdim=True)  # remove rounding drift off the sphere
-            sp = r * up
-            v = _tangent(v, up)
-            ep, gp = _energy_and_grad(U, sp)
-            v = v - 0.5 * eps * _tangent(gp, up)
+        sp, ep, gp, v = _geodesic_leapfrog(U, s, g, v, eps, n_leapfrog)
         h1 = ep + 0.5 * (v * v).sum(-1)
         log_ratio = torch.where(torch.isfinite(h1), h0 - h1, torch.full_like(h1, -math.inf))
         accept = torch.rand(n_chains, generator=generator, dtype=dtype, device=device).log() < log_ratio
@@ -686,7 +719,24 @@ class PSpinHamiltonian:
         "The same couplings at another field strength."
         return PSpinHamiltonian(self.d, self.p, field=self.field, field_strength=field_strength, couplings=self.J)
 
+# %% ../nbs/05_hamiltonian.ipynb #e56fe0a8
+def _merge_minima(u: Tensor, e: Tensor, conv: Tensor, merge_tol: float) -> tuple[list, list]:
+    """Greedy merge of converged endpoints, lowest energy first: (representative rows, counts). Row i joins the first
+    representative j with overlap u_i . u_j > 1 - merge_tol (u (n, d) unit rows, e (n,) energies, conv (n,) bools)."""
+    reps, counts = [], []
+    for i in torch.argsort(e).tolist():
+        if not bool(conv[i]):
+            continue
+        for k, j in enumerate(reps):
+            if float(u[i] @ u[j]) > 1 - merge_tol:
+                counts[k] += 1
+                break
+        else:
+            reps.append(i)
+            counts.append(1)
+    return reps, counts
 
+# %% ../nbs/05_hamiltonian.ipynb #dc6583ef
 def local_minima(
     energy: Callable[[Tensor], Tensor],  # differentiable H: (n, d) spins -> (n,) energies
     d: int,  # dimension; sphere of radius sqrt(d)
@@ -734,24 +784,12 @@ def local_minima(
         stalled = t * gn < xtol * r  # no descent step longer than xtol * r exists: a kink minimum (ReLU decoders)
         done = done | conv_of(gn, g) | stalled
     conv = conv_of(gn, g) | (t * gn < xtol * r)
-    u = s / r
-    order = torch.argsort(e)
-    reps, counts = [], []
-    for i in order.tolist():
-        if not bool(conv[i]):
-            continue
-        for k, j in enumerate(reps):
-            if float(u[i] @ u[j]) > 1 - merge_tol:
-                counts[k] += 1
-                break
-        else:
-            reps.append(i)
-            counts.append(1)
+    reps, counts = _merge_minima(s / r, e, conv, merge_tol)
     idx = torch.tensor(reps, dtype=torch.long)
     return dict(n_minima=len(reps), minima=s[idx], energies=e[idx], counts=torch.tensor(counts, dtype=torch.long),
                 n_converged=int(conv.sum()), final=s, final_energies=e)
 
-
+# %% ../nbs/05_hamiltonian.ipynb #41794c9b
 def ruggedness(
     hamiltonian,  # an energy with .at_field(h) (LatentHamiltonian, PSpinHamiltonian)
     field_strengths,  # field strengths h to scan

@@ -29,20 +29,20 @@ def _as_tensor(a, name: str, device=None) -> Tensor:
     "A 2-D floating torch tensor view of `a` (numpy or torch; rows = points, trailing dims flattened); finiteness is checked by the chunked `_check_finite`."
     return as_matrix(a, name, device=device, finite=False)
 
-
+# %% ../nbs/04_knn.ipynb #c43c9be3
 def _row_slices(t: Tensor, budget: int):
     "Consecutive row ranges of `t` whose float64 copies would fit `budget` bytes (at least one row each)."
     step = max(1, budget // (8 * t.shape[1]))
     return [slice(s, s + step) for s in range(0, t.shape[0], step)]
 
-
+# %% ../nbs/04_knn.ipynb #bd17a660
 def _check_finite(t: Tensor, name: str, budget: int = 2**26) -> None:
     with _serial(t.device):  # one memory-bound pass: on one thread (see `_serial`)
         ok = all(bool(torch.isfinite(t[s]).all()) for s in _row_slices(t, budget))
     if not ok:
         raise ValueError(f'{name} must contain only finite values (no NaN or inf)')
 
-
+# %% ../nbs/04_knn.ipynb #69fb6b02
 def _sq_norms(t: Tensor, budget: int) -> Tensor:
     "(n,) squared row norms sum_i t_i^2 in t's dtype, computed in row slices (no full-size temporary)."
     out = torch.empty(t.shape[0], dtype=t.dtype, device=t.device)
@@ -51,7 +51,7 @@ def _sq_norms(t: Tensor, budget: int) -> Tensor:
             out[s] = (t[s] * t[s]).sum(1)
     return out
 
-
+# %% ../nbs/04_knn.ipynb #16c1b03b
 def _unit_roundoff(t: Tensor) -> float:
     "Unit round-off of the matmul that produces the approximate distances (TF32 on CUDA if enabled)."
     u = torch.finfo(t.dtype).eps / 2
@@ -61,7 +61,7 @@ def _unit_roundoff(t: Tensor) -> float:
         u = torch.finfo(t.dtype).eps / 2
     return u
 
-
+# %% ../nbs/04_knn.ipynb #dd374ea9
 def _gram(a: Tensor, b: Tensor, buffers: dict) -> Tensor:
     """a @ b.T written into one reused flat buffer (a fresh 100 MB block per call costs as much in page faults
     as the product). Through torch's own BLAS: calling numpy's OpenBLAS here was as fast alone, but its spinning
@@ -76,7 +76,7 @@ def _gram(a: Tensor, b: Tensor, buffers: dict) -> Tensor:
 
 _GROUP = 32  # columns per group in `_select`
 
-
+# %% ../nbs/04_knn.ipynb #5e1585b8
 @contextmanager
 def _serial(device: torch.device):
     """Run the enclosed CPU work on one thread. A parallel torch op waits for all its threads; on a busy machine
@@ -93,7 +93,7 @@ def _serial(device: torch.device):
     finally:
         torch.set_num_threads(n)
 
-
+# %% ../nbs/04_knn.ipynb #1a816d48
 def _select(a: Tensor, kc: int) -> tuple[Tensor, Tensor]:
     """The kc smallest entries of each row of `a` (unsorted values and column indices), in about one pass.
 
@@ -117,7 +117,7 @@ def _select(a: Tensor, kc: int) -> tuple[Tensor, Tensor]:
         t = torch.topk(vals, kc, dim=1, largest=False, sorted=False)
         return t.values, torch.gather(cols, 1, t.indices)
 
-
+# %% ../nbs/04_knn.ipynb #6317f259
 def _pair_dist(Q: Tensor, B: Tensor, qi: Tensor, bi: Tensor, budget: int) -> Tensor:
     """Direct float64 distances sqrt(sum_i (Q[qi]_i - B[bi]_i)^2) of the index pairs (qi, bi), in slices of
     pairs whose float64 (pairs, d) work buffers stay within `budget` bytes."""
@@ -130,7 +130,7 @@ def _pair_dist(Q: Tensor, B: Tensor, qi: Tensor, bi: Tensor, budget: int) -> Ten
         out[s:s + step] = diff.square_().sum(1).sqrt_()
     return out
 
-
+# %% ../nbs/04_knn.ipynb #0d63cb6f
 def _exact_rerank(Q: Tensor, B: Tensor, qrows: Tensor, cand: Tensor, todo: Tensor, k: int, self_idx: Tensor | None,
                   budget: int):
     """Exact float64 distances of the candidates `cand` (r, kc) flagged in `todo` (r, kc) (the others count as
@@ -145,7 +145,7 @@ def _exact_rerank(Q: Tensor, B: Tensor, qrows: Tensor, cand: Tensor, todo: Tenso
     order = torch.sort(e, dim=1, stable=True).indices  # ... then a stable sort by distance
     return torch.gather(e, 1, order)[:, :k], torch.gather(cand, 1, order)[:, :k]
 
-
+# %% ../nbs/04_knn.ipynb #d5bd15b7
 def _brute_rows(Q: Tensor, B: Tensor, Baug: Tensor, qrows: Tensor, lim: Tensor, k: int, self_idx: Tensor | None,
                 budget: int, buffers: dict):
     """Exact k nearest bank rows of the query rows `qrows` of Q whose candidate list gave no certificate.
@@ -192,7 +192,7 @@ def _brute_rows(Q: Tensor, B: Tensor, Baug: Tensor, qrows: Tensor, lim: Tensor, 
 KNN_BACKENDS = ('auto', 'torch', 'faiss')  # `backend` of knn_search / knn_score
 _FAISS_SAFETY = 2.0  # factor on the rounding bound tau applied to faiss's float32 squared distances
 
-
+# %% ../nbs/04_knn.ipynb #02b338db
 def _faiss():
     "The faiss module, or None when faiss (faiss-cpu) is not installed."
     try:
@@ -201,7 +201,7 @@ def _faiss():
         return None
     return faiss
 
-
+# %% ../nbs/04_knn.ipynb #af6348ad
 def _pick_backend(backend: str, B: Tensor) -> str:
     "'torch' or 'faiss' for a validated bank `B` (dtype and device already resolved)."
     ok = B.device.type == 'cpu' and B.dtype == torch.float32
@@ -215,7 +215,7 @@ def _pick_backend(backend: str, B: Tensor) -> str:
                              "use backend='torch' or 'auto'")
     return backend
 
-
+# %% ../nbs/04_knn.ipynb #b4053f9d
 def _faiss_threads(faiss, fn):
     "Run fn() with faiss's OpenMP threads set to torch's thread count (so `torch.set_num_threads` governs both)."
     n = faiss.omp_get_max_threads()
@@ -225,7 +225,7 @@ def _faiss_threads(faiss, fn):
     finally:
         faiss.omp_set_num_threads(n)
 
-
+# %% ../nbs/04_knn.ipynb #cc1749e9
 def _faiss_search(Q: Tensor, B: Tensor, k: int, exclude_self: bool, qc: int, budget: int, gamma: float):
     """Exact k nearest bank rows through a faiss flat (brute-force) index: faiss proposes candidates, the float64
     re-ranking and the certificate of `knn_search` decide. Returns float64 distances and int64 indices (m, k)."""
@@ -264,10 +264,7 @@ def _faiss_search(Q: Tensor, B: Tensor, k: int, exclude_self: bool, qc: int, bud
         if bool(bad.any()):  # ties or duplicates at the boundary: the torch second pass, with its own GEMM
             rows = torch.nonzero(bad).squeeze(1)
             if Baug is None:
-                Baug = torch.empty(n, d + 1, dtype=B.dtype)
-                torch.mul(B, -2, out=Baug[:, :d])
-                Baug[:, d] = _sq_norms(B, budget // 4)
-                buffers = {}
+                Baug, buffers = _augmented_bank(B, _sq_norms(B, budget // 4)), {}
             # The k-th exact squared distance is at most kth + tau (the k candidates' faiss values, each within tau),
             # and our GEMM value a_j approximates e_j - |q|^2 within tau / _FAISS_SAFETY: bank rows with a_j above
             # the limit below can be neither among nor tied with the k nearest. (|q|^2 in float64: ~1e-16 relative.)
@@ -278,7 +275,121 @@ def _faiss_search(Q: Tensor, B: Tensor, k: int, exclude_self: bool, qc: int, bud
         dist_out[qs:qs + r], idx_out[qs:qs + r] = dk, ik
     return dist_out, idx_out
 
+# %% ../nbs/04_knn.ipynb #39dd57b1
+def _inputs(bank, query, device) -> tuple[Tensor, Tensor, bool]:
+    """Validated finite 2-D tensors (B, Q) of `bank` and `query` on one device in their promoted dtype, and
+    whether both inputs were numpy (then the results are returned as numpy)."""
+    both_numpy = isinstance(bank, np.ndarray) and isinstance(query, np.ndarray)
+    if device is None:
+        devs = {a.device for a in (bank, query) if isinstance(a, Tensor)}
+        if len(devs) > 1:
+            raise ValueError(f'bank and query must be on the same device, got {sorted(map(str, devs))}')
+        device = devs.pop() if devs else torch.device('cpu')
+    B, Q = _as_tensor(bank, 'bank', device), _as_tensor(query, 'query', device)
+    if B.shape[1] != Q.shape[1]:
+        raise ValueError(f'bank and query must have the same number of features, got {B.shape[1]} and {Q.shape[1]}')
+    dtype = torch.promote_types(B.dtype, Q.dtype)
+    B, Q = B.to(dtype), Q.to(dtype)
+    _check_finite(B, 'bank', _BLOCK_BYTES); _check_finite(Q, 'query', _BLOCK_BYTES)
+    return B, Q, both_numpy
 
+# %% ../nbs/04_knn.ipynb #8d2b19fa
+def _check_k_range(k: int, n: int, m: int, exclude_self: bool) -> None:
+    "Raise unless 1 <= k <= n (n - 1 with `exclude_self`, which also needs m == n query rows)."
+    if exclude_self and n != m:
+        raise ValueError(f'exclude_self=True needs query to be the bank (same number of rows), got {m} query and {n} bank rows')
+    kmax = n - 1 if exclude_self else n
+    if not 1 <= k <= kmax:
+        raise ValueError(f'k must be in [1, {kmax}] for a bank of {n} rows (exclude_self={exclude_self}), got {k}')
+
+# %% ../nbs/04_knn.ipynb #a7eaa00e
+def _augmented_bank(B: Tensor, bnorm2: Tensor) -> Tensor:
+    """(n, d + 1) rows [-2 b, |b|^2] (`bnorm2` = |b|^2): one GEMM with [q, 1] gives a_j - |q|^2 = |b_j|^2 - 2 q.b_j.
+    The row constant |q|^2 changes neither the order nor the differences the certificate uses; -2 b is exact
+    (a power-of-two scaling). The one bank-sized copy the search makes."""
+    n, d = B.shape
+    Baug = torch.empty(n, d + 1, dtype=B.dtype, device=B.device)
+    torch.mul(B, -2, out=Baug[:, :d])
+    Baug[:, d] = bnorm2
+    return Baug
+
+# %% ../nbs/04_knn.ipynb #9fb0452c
+def _block_candidates(qaug: Tensor, Baug: Tensor, kc: int, bc: int, self_idx: Tensor | None, buffers: dict):
+    """The kc smallest approximate values (unsorted, in the GEMM's dtype) and their bank rows for each query row
+    of `qaug` (r, d + 1), over bank blocks of `bc` rows; with `self_idx` (r,) a row's own bank row counts as +inf."""
+    n, r = Baug.shape[0], qaug.shape[0]
+    best_v = best_i = None
+    for bs in range(0, n, bc):
+        a = _gram(qaug, Baug[bs:bs + bc], buffers)  # the bulk of the time: on all threads
+        with _serial(Baug.device):
+            if self_idx is not None:
+                rows = torch.arange(r, device=Baug.device)
+                cols = self_idx - bs
+                ok = (cols >= 0) & (cols < a.shape[1])
+                a[rows[ok], cols[ok]] = math.inf
+            v, i = _select(a, kc)
+            i = i + bs
+            if best_v is not None:
+                v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i], 1)
+                if v.shape[1] > kc:
+                    t = torch.topk(v, kc, dim=1, largest=False, sorted=False)
+                    v, i = t.values, torch.gather(i, 1, t.indices)
+            best_v, best_i = v, i
+    return best_v, best_i
+
+# %% ../nbs/04_knn.ipynb #4a8d6157
+def _certificate(v64: Tensor, k: int, n: int, tau: Tensor):
+    """(lim, bad, todo) for candidate values `v64` (r, kc) (float64) of a bank of n rows with rounding bound `tau` (r,).
+
+    Certificate (markdown above): with tau the bound on |approximate - exact| squared distance, only candidates
+    with a_j <= lim = a_(k) + 2 tau can be among (or tie with) the k nearest, and no non-candidate can when the
+    largest candidate value exceeds lim. `todo` (r, kc) flags the candidates to re-rank exactly; `bad` (r,) the
+    rows without the certificate (to redo by brute force)."""
+    r, kc = v64.shape
+    kth = torch.kthvalue(v64, k, dim=1).values if kc > k else v64.amax(1)
+    lim = kth + 2 * tau
+    if kc < n:
+        bad = ~(v64.amax(1) > lim)  # (a masked self-match, +inf, can only be a candidate when kc = n)
+        todo = (v64 <= lim[:, None]) & ~bad[:, None]
+    else:  # every bank row is a candidate: exact for any row
+        bad = torch.zeros(r, dtype=torch.bool, device=v64.device)
+        todo = torch.ones_like(v64, dtype=torch.bool)
+    return lim, bad, todo
+
+# %% ../nbs/04_knn.ipynb #90a99c63
+def _torch_search(Q: Tensor, B: Tensor, k: int, exclude_self: bool, chunk_size: int | None, budget: int, gamma: float):
+    """Exact k nearest bank rows by GEMM blocks, the certificate and float64 re-ranking (brute force for the rows
+    without a certificate). Returns float64 distances and int64 indices, each (m, k), on B's device."""
+    (n, d), m, item = B.shape, Q.shape[0], B.element_size()
+    # default query chunk: its (chunk, n) block of approximate values and its (chunk, d + 1) copy both fit the budget
+    qc = int(chunk_size) if chunk_size else max(16, min(m, budget // (item * n), budget // (item * (d + 1))))
+    kc = min(n, k + _CANDIDATE_MARGIN)
+    bc = max(kc, min(n, budget // (item * qc)))
+    bnorm2 = _sq_norms(B, budget // 4)
+    bmax = float(bnorm2.max())
+    qnorm2 = _sq_norms(Q, budget // 4).to(torch.float64)
+    Baug = _augmented_bank(B, bnorm2)
+    buffers: dict = {}  # the reused (query chunk x bank chunk) output block of `_gram`
+    dist_out = torch.empty(m, k, dtype=torch.float64, device=B.device)
+    idx_out = torch.empty(m, k, dtype=torch.int64, device=B.device)
+    for qs in range(0, m, qc):
+        q = Q[qs:qs + qc]
+        r = q.shape[0]
+        qrows = torch.arange(qs, qs + r, device=B.device)
+        qaug = torch.cat([q, torch.ones(r, 1, dtype=B.dtype, device=B.device)], 1)
+        self_idx = qrows if exclude_self else None
+        best_v, best_i = _block_candidates(qaug, Baug, kc, bc, self_idx, buffers)
+        with _serial(B.device):
+            lim, bad, todo = _certificate(best_v.to(torch.float64), k, n, 2 * gamma * (qnorm2[qs:qs + r] + bmax))
+            dk, ik = _exact_rerank(Q, B, qrows, best_i, todo, k, self_idx, budget // 4)
+        if bool(bad.any()):  # rare (duplicates, ties, tiny banks) but possibly large: in parallel
+            rows = torch.nonzero(bad).squeeze(1)
+            dk[rows], ik[rows] = _brute_rows(Q, B, Baug, qrows[rows], lim[rows], k,
+                                             None if self_idx is None else self_idx[rows], budget, buffers)
+        dist_out[qs:qs + r], idx_out[qs:qs + r] = dk, ik
+    return dist_out, idx_out
+
+# %% ../nbs/04_knn.ipynb #db65c2d7
 def knn_search(
     bank,  # (n_bank, ...) reference points (numpy array or torch tensor); trailing dims are flattened
     query,  # (n_query, ...) query points, same number of features as `bank`
@@ -292,100 +403,20 @@ def knn_search(
     "Exact Euclidean k nearest bank rows of every query row, ties broken by the lower bank index, in bounded memory."
     k = check_int(k, 'k')
     check_choice(backend, 'backend', KNN_BACKENDS)
-    both_numpy = isinstance(bank, np.ndarray) and isinstance(query, np.ndarray)
-    if device is None:
-        devs = {a.device for a in (bank, query) if isinstance(a, Tensor)}
-        if len(devs) > 1:
-            raise ValueError(f'bank and query must be on the same device, got {sorted(map(str, devs))}')
-        device = devs.pop() if devs else torch.device('cpu')
-    B, Q = _as_tensor(bank, 'bank', device), _as_tensor(query, 'query', device)
-    if B.shape[1] != Q.shape[1]:
-        raise ValueError(f'bank and query must have the same number of features, got {B.shape[1]} and {Q.shape[1]}')
-    dtype = torch.promote_types(B.dtype, Q.dtype)
-    B, Q = B.to(dtype), Q.to(dtype)
-    budget = _BLOCK_BYTES
-    _check_finite(B, 'bank', budget); _check_finite(Q, 'query', budget)
+    B, Q, both_numpy = _inputs(bank, query, device)
     n, m = B.shape[0], Q.shape[0]
-    if exclude_self and n != m:
-        raise ValueError(f'exclude_self=True needs query to be the bank (same number of rows), got {m} query and {n} bank rows')
-    kmax = n - 1 if exclude_self else n
-    if not 1 <= k <= kmax:
-        raise ValueError(f'k must be in [1, {kmax}] for a bank of {n} rows (exclude_self={exclude_self}), got {k}')
+    _check_k_range(k, n, m, exclude_self)
     if chunk_size is not None:
         chunk_size = check_int(chunk_size, 'chunk_size', lo=1)  # a positive int or None
-    k = int(k)
-    item = B.element_size()
-    d = B.shape[1]
-    # default query chunk: its (chunk, n) block of approximate values and its (chunk, d + 1) copy both fit the budget
-    qc = int(chunk_size) if chunk_size else max(16, min(m, budget // (item * n), budget // (item * (d + 1))))
-    kc = min(n, k + _CANDIDATE_MARGIN)
-    bc = max(kc, min(n, budget // (item * qc)))
+    k, budget = int(k), _BLOCK_BYTES
     u = _unit_roundoff(B)
-    gamma = (d + 2) * u / (1 - (d + 2) * u)
+    gamma = (B.shape[1] + 2) * u / (1 - (B.shape[1] + 2) * u)
     if _pick_backend(backend, B) == 'faiss':
         fq = int(chunk_size) if chunk_size else max(16, min(m, budget // (8 * 4 * (k + _CANDIDATE_MARGIN + 1))))
         dist_out, idx_out = _faiss_search(Q, B, k, exclude_self, fq, budget, gamma)
-        dist_out = dist_out.to(dtype)
-        if both_numpy:
-            return dist_out.numpy(), idx_out.numpy()
-        return dist_out, idx_out
-    bnorm2 = _sq_norms(B, budget // 4)
-    bmax = float(bnorm2.max())
-    qnorm2 = _sq_norms(Q, budget // 4).to(torch.float64)
-    # One GEMM per block gives a_j - |q|^2 = |b_j|^2 - 2 q.b_j directly: [q, 1] @ [-2 b, |b|^2]^T. The row
-    # constant |q|^2 changes neither the order nor the differences the certificate uses. Baug is the one
-    # bank-sized copy the search makes (-2 b is exact, a power-of-two scaling).
-    Baug = torch.empty(n, d + 1, dtype=dtype, device=B.device)
-    torch.mul(B, -2, out=Baug[:, :d])
-    Baug[:, d] = bnorm2
-    buffers: dict = {}  # the reused (query chunk x bank chunk) output block of `_gram`
-    dist_out = torch.empty(m, k, dtype=torch.float64, device=B.device)
-    idx_out = torch.empty(m, k, dtype=torch.int64, device=B.device)
-    for qs in range(0, m, qc):
-        q = Q[qs:qs + qc]
-        r = q.shape[0]
-        qrows = torch.arange(qs, qs + r, device=B.device)
-        qaug = torch.cat([q, torch.ones(r, 1, dtype=dtype, device=B.device)], 1)
-        self_idx = qrows if exclude_self else None
-        best_v = best_i = None
-        for bs in range(0, n, bc):
-            a = _gram(qaug, Baug[bs:bs + bc], buffers)  # the bulk of the time: on all threads
-            with _serial(B.device):
-                if exclude_self:
-                    rows = torch.arange(r, device=B.device)
-                    cols = self_idx - bs
-                    ok = (cols >= 0) & (cols < a.shape[1])
-                    a[rows[ok], cols[ok]] = math.inf
-                v, i = _select(a, kc)
-                i = i + bs
-                if best_v is not None:
-                    v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i], 1)
-                    if v.shape[1] > kc:
-                        t = torch.topk(v, kc, dim=1, largest=False, sorted=False)
-                        v, i = t.values, torch.gather(i, 1, t.indices)
-                best_v, best_i = v, i
-        with _serial(B.device):
-            # Certificate (markdown above): with tau the bound on |approximate - exact| squared distance, only
-            # candidates with a_j <= a_(k) + 2 tau can be among (or tie with) the k nearest, and no non-candidate
-            # can when the largest candidate value exceeds a_(k) + 2 tau. So only those candidates are re-ranked
-            # exactly, and rows without the certificate are redone by brute force.
-            v64 = best_v.to(torch.float64)
-            tau = 2 * gamma * (qnorm2[qs:qs + r] + bmax)
-            kth = torch.kthvalue(v64, k, dim=1).values if kc > k else v64.amax(1)
-            lim = kth + 2 * tau
-            if kc < n:
-                bad = ~(v64.amax(1) > lim)  # (a masked self-match, +inf, can only be a candidate when kc = n)
-                todo = (v64 <= lim[:, None]) & ~bad[:, None]
-            else:  # every bank row is a candidate: exact for any row
-                bad = torch.zeros(r, dtype=torch.bool, device=B.device)
-                todo = torch.ones_like(v64, dtype=torch.bool)
-            dk, ik = _exact_rerank(Q, B, qrows, best_i, todo, k, self_idx, budget // 4)
-        if bool(bad.any()):  # rare (duplicates, ties, tiny banks) but possibly large: in parallel
-            rows = torch.nonzero(bad).squeeze(1)
-            dk[rows], ik[rows] = _brute_rows(Q, B, Baug, qrows[rows], lim[rows], k,
-                                             None if self_idx is None else self_idx[rows], budget, buffers)
-        dist_out[qs:qs + r], idx_out[qs:qs + r] = dk, ik
-    dist_out = dist_out.to(dtype)
+    else:
+        dist_out, idx_out = _torch_search(Q, B, k, exclude_self, chunk_size, budget, gamma)
+    dist_out = dist_out.to(B.dtype)
     if both_numpy:
         return dist_out.cpu().numpy(), idx_out.cpu().numpy()
     return dist_out, idx_out

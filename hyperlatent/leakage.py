@@ -335,7 +335,7 @@ class AuditResult(NamedTuple):
     ill_posed: bool
     reasons: list  # the criteria of `REGIME_THRESHOLDS` that fired
 
-
+# %% ../nbs/06_leakage.ipynb #74ea795d
 def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     "Spearman rank correlation, None when undefined (fewer than 3 points or a constant input)."
     from scipy.stats import spearmanr
@@ -343,23 +343,9 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
         return None
     return float(spearmanr(x, y).statistic)
 
-
-def audit_class_split(
-    X_train,  # (n_train, ...) training rows: raw inputs if `represent` is given, else the representation itself
-    y_train,  # (n_train,) training labels (used only to form the splits)
-    X_test,  # (n_test, ...) test rows (the evaluation set T of the leakage)
-    y_test,  # (n_test,) test labels
-    *,
-    detectors: Sequence = BASELINES,  # detector names of `baseline_scores` and/or callables(train, test) -> scores (or one of them)
-    k: int = 10,  # neighbourhood size of the leakage
-    eps: float = 0.05,  # near-chance band of `direction_instability`
-    seed: int = 0,  # Isolation Forest random_state
-    classes: Sequence | None = None,  # held-out classes (default: all classes of y_test)
-    represent: Callable | None = None,  # represent(X_normal_train) -> encode(X) -> features: one representation per split
-    detector_kw: dict | None = None,  # {detector name: keyword arguments}
-    warn: bool = True,  # emit a UserWarning when the benchmark is ill-posed
-) -> AuditResult:
-    "Leakage, leave-one-class-out AUROCs and direction instability of every detector: one Table 1 row plus per-class details."
+# %% ../nbs/06_leakage.ipynb #197430d5
+def _as_detectors(detectors) -> tuple[list, list]:
+    "The detectors as a non-empty list (one name or callable allowed) and their distinct names."
     detectors = [detectors] if isinstance(detectors, str) or callable(detectors) else list(detectors)
     if not detectors:
         raise ValueError('detectors must name at least one detector, got an empty sequence')
@@ -368,17 +354,13 @@ def audit_class_split(
     names = [_detector_name(det) for det in detectors]
     if len(set(names)) != len(names):
         raise ValueError(f'detectors must have distinct names, got {names}')
-    detector_kw = dict(detector_kw or {})
-    if represent is not None and not callable(represent):
-        raise TypeError(f'represent must be a callable(X_normal_train) -> encode or None, got {type(represent).__name__}')
-    Xtr, Xte = _features(X_train, 'X_train'), _features(X_test, 'X_test')
-    ytr, yte = _raw_labels(y_train, Xtr.shape[0], 'y_train'), _raw_labels(y_test, Xte.shape[0], 'y_test')
-    _label_codes(yte, len(yte), 'y_test')  # at least two classes
-    _check_k(k, Xte.shape[0])
-    classes = [_py(c) for c in (np.unique(yte) if classes is None else classes)]
-    if not classes:
-        raise ValueError('classes must name at least one held-out class, got an empty sequence')
+    return detectors, names
 
+# %% ../nbs/06_leakage.ipynb #cdf7c5cc
+def _split_runs(X_train, X_test, Xtr, ytr, Xte, yte, detectors, names, classes, k, seed, represent, detector_kw):
+    """Per held-out class c: the AUROC of every detector ({name: {c: auroc}}), the leakage L_k of the split's
+    representation ({c: L}) and class c's own leakage ({c: l_c}). Without `represent` one fixed representation
+    (Xtr, Xte); with it, one representation per split, fitted on the split's normal training rows."""
     aucs = {n: {} for n in names}
     split_leak, class_leak = {}, {}
     if represent is None:
@@ -386,28 +368,33 @@ def audit_class_split(
         for det, n in zip(detectors, names):
             aucs[n] = class_split_aurocs(Xtr, ytr, Xte, yte, detector=det, classes=classes, seed=seed,
                                          **detector_kw.get(n, {}))
-        split_leak = {c: cl.leakage for c in classes}
-        class_leak = {c: cl.per_class[c] for c in classes}
-    else:  # the encoders see the rows in their original shape, e.g. (n, C, H, W) images for a conv VAE
-        Xtr_raw, Xte_raw = (X.detach().cpu().numpy() if isinstance(X, Tensor) else X for X in (X_train, X_test))
-        for c in classes:
-            normal = ytr != c
-            if not normal.any():
-                raise ValueError(f'holding out class {c!r} leaves no normal training samples')
-            encode = represent(Xtr_raw[normal])
-            Ftr, Fte = encode(Xtr_raw[normal]), encode(Xte_raw)
-            cl = class_leakage(Fte, yte, k)
-            split_leak[c], class_leak[c] = cl.leakage, cl.per_class[c]
-            for det, n in zip(detectors, names):
-                aucs[n].update(class_split_aurocs(Ftr, ytr[normal], Fte, yte, detector=det, classes=[c], seed=seed,
-                                                  **detector_kw.get(n, {})))
+        return aucs, {c: cl.leakage for c in classes}, {c: cl.per_class[c] for c in classes}
+    # the encoders see the rows in their original shape, e.g. (n, C, H, W) images for a conv VAE
+    Xtr_raw, Xte_raw = (X.detach().cpu().numpy() if isinstance(X, Tensor) else X for X in (X_train, X_test))
+    for c in classes:
+        normal = ytr != c
+        if not normal.any():
+            raise ValueError(f'holding out class {c!r} leaves no normal training samples')
+        encode = represent(Xtr_raw[normal])
+        Ftr, Fte = encode(Xtr_raw[normal]), encode(Xte_raw)
+        cl = class_leakage(Fte, yte, k)
+        split_leak[c], class_leak[c] = cl.leakage, cl.per_class[c]
+        for det, n in zip(detectors, names):
+            aucs[n].update(class_split_aurocs(Ftr, ytr[normal], Fte, yte, detector=det, classes=[c], seed=seed,
+                                              **detector_kw.get(n, {})))
+    return aucs, split_leak, class_leak
+
+# %% ../nbs/06_leakage.ipynb #7fb9e739
+def _audit_tables(aucs, split_leak, class_leak, yte, classes, names, k, eps, per_split: bool) -> tuple[dict, pd.DataFrame]:
+    """The Table 1 row (leakage, chance, ratio, per-detector and mean instability rates) and the per-class table.
+    `per_split`: one representation per split (L = mean of the splits' L_k), else one fixed representation."""
     _, all_classes = _label_codes(yte, len(yte), 'y_test')
     pi = np.array([(yte == c).mean() for c in all_classes])
     chance = float(1 - (pi ** 2).sum())
     split_vals = np.array([split_leak[c] for c in classes])
-    L = float(split_vals.mean()) if represent is not None else float(split_vals[0])  # fixed r: L_k itself
+    L = float(split_vals.mean()) if per_split else float(split_vals[0])  # fixed r: L_k itself
     row: dict[str, Any] = {'k': int(k), 'm': int(len(yte)), 'K': len(classes), 'leakage': L,
-                           'leakage_std': float(split_vals.std()) if represent is not None else 0.0,
+                           'leakage_std': float(split_vals.std()) if per_split else 0.0,
                            'chance': chance, 'leakage_ratio': L / chance}
     rates = ('rho_dir', 'inversion_rate', 'near_chance_rate', 'auroc_var')
     per_class = pd.DataFrame({'n_test': [int((yte == c).sum()) for c in classes],
@@ -425,6 +412,39 @@ def audit_class_split(
         per_class[f'vote_{n}'] = [di['votes'][c] for c in classes]
     for r in rates:
         row[r] = float(np.mean([row[f'{n}/{r}'] for n in names]))
+    return row, per_class
+
+# %% ../nbs/06_leakage.ipynb #619542b1
+def audit_class_split(
+    X_train,  # (n_train, ...) training rows: raw inputs if `represent` is given, else the representation itself
+    y_train,  # (n_train,) training labels (used only to form the splits)
+    X_test,  # (n_test, ...) test rows (the evaluation set T of the leakage)
+    y_test,  # (n_test,) test labels
+    *,
+    detectors: Sequence = BASELINES,  # detector names of `baseline_scores` and/or callables(train, test) -> scores (or one of them)
+    k: int = 10,  # neighbourhood size of the leakage
+    eps: float = 0.05,  # near-chance band of `direction_instability`
+    seed: int = 0,  # Isolation Forest random_state
+    classes: Sequence | None = None,  # held-out classes (default: all classes of y_test)
+    represent: Callable | None = None,  # represent(X_normal_train) -> encode(X) -> features: one representation per split
+    detector_kw: dict | None = None,  # {detector name: keyword arguments}
+    warn: bool = True,  # emit a UserWarning when the benchmark is ill-posed
+) -> AuditResult:
+    "Leakage, leave-one-class-out AUROCs and direction instability of every detector: one Table 1 row plus per-class details."
+    detectors, names = _as_detectors(detectors)
+    detector_kw = dict(detector_kw or {})
+    if represent is not None and not callable(represent):
+        raise TypeError(f'represent must be a callable(X_normal_train) -> encode or None, got {type(represent).__name__}')
+    Xtr, Xte = _features(X_train, 'X_train'), _features(X_test, 'X_test')
+    ytr, yte = _raw_labels(y_train, Xtr.shape[0], 'y_train'), _raw_labels(y_test, Xte.shape[0], 'y_test')
+    _label_codes(yte, len(yte), 'y_test')  # at least two classes
+    _check_k(k, Xte.shape[0])
+    classes = [_py(c) for c in (np.unique(yte) if classes is None else classes)]
+    if not classes:
+        raise ValueError('classes must name at least one held-out class, got an empty sequence')
+    aucs, split_leak, class_leak = _split_runs(X_train, X_test, Xtr, ytr, Xte, yte, detectors, names, classes, k, seed,
+                                               represent, detector_kw)
+    row, per_class = _audit_tables(aucs, split_leak, class_leak, yte, classes, names, k, eps, represent is not None)
     regime, reasons = classify_regime(row['rho_dir'], row['inversion_rate'], row['leakage_ratio'])
     row['regime'], row['ill_posed'] = regime, regime == 'ill-posed'
     if warn and regime == 'ill-posed':

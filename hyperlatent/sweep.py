@@ -369,7 +369,7 @@ def _orphaned(parent: int | None) -> bool:
     "True in a worker whose sweep process has gone away (it was re-parented)."
     return parent is not None and os.getppid() != parent
 
-
+# %% ../nbs/09_sweep.ipynb #c367f0fe
 def _write_status(out: Path, rec: dict, parent: int | None) -> None:
     """Write a run's status.json; a worker whose sweep died writes only while the record is still its own,
     so an orphan can never overwrite the status of the attempt a resumed sweep started in the same folder."""
@@ -379,11 +379,46 @@ def _write_status(out: Path, rec: dict, parent: int | None) -> None:
             return
     write_json_atomic(out / 'status.json', rec)
 
+# %% ../nbs/09_sweep.ipynb #344ca633
+@contextlib.contextmanager
+def _papermill_log(path: Path, echo: bool):
+    "Route papermill's log (INFO and up) to `path` (and, with `echo`, to stderr) while the block runs; restored after."
+    log = logging.getLogger('papermill')
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
+    old_level = log.level
+    log.addHandler(handler); log.setLevel(logging.INFO)
+    console = None
+    if echo:  # cell progress and the notebook's own output, live on the terminal (stderr) as well as in run.log
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter('%(message)s'))
+        log.addHandler(console)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler); log.setLevel(old_level); handler.close()
+        if console is not None: log.removeHandler(console)
 
-def _run_notebook(notebook: Path, out: Path, params: dict, timeout: float | None, kernel_name: str,
-                  cwd: str | None, parent: int | None = None, echo: bool = False) -> dict:
+# %% ../nbs/09_sweep.ipynb #3fb986a4
+def _papermill_execute(notebook: Path, executed: Path, params: dict, kernel_name: str, cwd: str | None, echo: bool,
+                       on_kernel_start: Callable[[int], None]) -> tuple[str, str | None, str | None]:
+    "(status, error, traceback) of one papermill execution of `notebook` into `executed`; Ctrl-C (BaseException) propagates."
     import papermill
     from papermill.exceptions import PapermillExecutionError
+    try:
+        papermill.execute_notebook(str(notebook), str(executed), parameters=params, kernel_name=kernel_name,
+                                   language='python', progress_bar=echo, log_output=True, cwd=cwd,
+                                   kernel_manager_class=_tracking_kernel_manager(on_kernel_start))
+        return COMPLETED, None, None
+    except PapermillExecutionError as e:
+        return FAILED, f'{e.ename}: {e.evalue} (cell {e.exec_count})', _ANSI.sub('', '\n'.join(e.traceback))
+    except Exception as e:  # dead kernel, kernel start failure, I/O errors: all recorded for this run
+        return FAILED, f'{type(e).__name__}: {e}'.strip(), traceback.format_exc()
+
+# %% ../nbs/09_sweep.ipynb #f2748c84
+def _run_notebook(notebook: Path, out: Path, params: dict, timeout: float | None, kernel_name: str,
+                  cwd: str | None, parent: int | None = None, echo: bool = False) -> dict:
+    import papermill  # noqa: F401  (fail here, before the run folder is touched, when papermill is missing)
     if _orphaned(parent):  # the sweep died while this worker started: leave the folder to whoever resumes
         return {'status': INTERRUPTED, 'error': 'the sweep process went away before the run started'}
     out.mkdir(parents=True, exist_ok=True)
@@ -403,39 +438,19 @@ def _run_notebook(notebook: Path, out: Path, params: dict, timeout: float | None
 
     t0 = time.monotonic()
     dog = _Watchdog(pids, None if timeout is None else t0 + timeout, parent)
-    log = logging.getLogger('papermill')
-    handler = logging.FileHandler(out / 'run.log')
-    handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
-    old_level = log.level
-    log.addHandler(handler); log.setLevel(logging.INFO)
-    console = None
-    if echo:  # cell progress and the notebook's own output, live on the terminal (stderr) as well as in run.log
-        console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(logging.Formatter('%(message)s'))
-        log.addHandler(console)
-    dog.start()
-    error, tb = None, None
-    try:
-        papermill.execute_notebook(str(notebook), str(executed), parameters=params, kernel_name=kernel_name,
-                                   language='python', progress_bar=echo, log_output=True, cwd=cwd,
-                                   kernel_manager_class=_tracking_kernel_manager(on_kernel_start))
-        status = COMPLETED
-    except PapermillExecutionError as e:
-        status, error = FAILED, f'{e.ename}: {e.evalue} (cell {e.exec_count})'
-        tb = _ANSI.sub('', '\n'.join(e.traceback))
-    except Exception as e:  # dead kernel, kernel start failure, I/O errors: all recorded for this run
-        status, error, tb = FAILED, f'{type(e).__name__}: {e}'.strip(), traceback.format_exc()
-    except BaseException:  # Ctrl-C while running in-process: record it, then let it propagate
-        for pid in pids: _kill_tree(pid)
-        rec.update(status=INTERRUPTED, error='interrupted', finished=_now(),
-                   duration_s=round(time.monotonic() - t0, 3), kernel_pids=pids)
-        _write_status(out, rec, parent)
-        raise
-    finally:
-        dog.stop.set(); dog.join()
-        for pid in pids: _kill_tree(pid)  # normally already gone: shutdown is part of papermill's run
-        log.removeHandler(handler); log.setLevel(old_level); handler.close()
-        if console is not None: log.removeHandler(console)
+    with _papermill_log(out / 'run.log', echo):
+        dog.start()
+        try:
+            status, error, tb = _papermill_execute(notebook, executed, params, kernel_name, cwd, echo, on_kernel_start)
+        except BaseException:  # Ctrl-C while running in-process: record it, then let it propagate
+            for pid in pids: _kill_tree(pid)
+            rec.update(status=INTERRUPTED, error='interrupted', finished=_now(),
+                       duration_s=round(time.monotonic() - t0, 3), kernel_pids=pids)
+            _write_status(out, rec, parent)
+            raise
+        finally:
+            dog.stop.set(); dog.join()
+            for pid in pids: _kill_tree(pid)  # normally already gone: shutdown is part of papermill's run
     if status != COMPLETED and dog.reason == TIMEOUT:
         status, error = TIMEOUT, f'timed out after {timeout:g} s; kernel killed'
     elif status != COMPLETED and dog.reason == INTERRUPTED:
@@ -445,7 +460,7 @@ def _run_notebook(notebook: Path, out: Path, params: dict, timeout: float | None
     _write_status(out, rec, parent)
     return rec
 
-
+# %% ../nbs/09_sweep.ipynb #fc2a4b68
 def run_notebook(notebook: str | Path, # the .ipynb to execute (must have a `parameters` cell with `output_dir`)
                  output_dir: str | Path, # where the executed notebook, params.json, status.json, run.log and outputs go
                  parameters: Mapping[str, Any] | None = None, # values injected after the `parameters` cell
@@ -470,7 +485,7 @@ def run_notebook(notebook: str | Path, # the .ipynb to execute (must have a `par
 
 _RUN_ARTIFACTS = ('params.json', 'status.json', 'metrics.json', 'run.log')
 
-
+# %% ../nbs/09_sweep.ipynb #37a44697
 def _clear_previous_run(out: Path, notebook: Path, overwrite: bool) -> Path | None:
     "Refuse (or with `overwrite`, move aside) a folder that already holds a run's files; returns where it went."
     if not out.is_dir(): return None
@@ -839,6 +854,62 @@ def _run_ray(tasks: list[dict], workers: int | None, address: str | None, on_don
         if started: ray.shutdown()
 
 # %% ../nbs/09_sweep.ipynb #5226d9ac
+def _check_sweep_args(engine: str, workers, retries, timeout, lock_timeout) -> tuple:
+    "Validated (workers, retries, timeout, lock_timeout) of `run_sweep` (lock_timeout inf -> None; workers default 1 locally)."
+    if engine not in ('local', 'ray'):
+        raise ValueError(f"engine: expected 'local' or 'ray', got {engine!r}")
+    if workers is not None: workers = check_int(workers, 'workers', lo=1)
+    retries = check_int(retries, 'retries', lo=0)
+    if timeout is not None: timeout = check_float(timeout, 'timeout', lo=0, lo_open=True)
+    if lock_timeout is not None: lock_timeout = check_float(lock_timeout, 'lock_timeout', lo=0, finite=False)
+    if lock_timeout == float('inf'): lock_timeout = None
+    if engine == 'ray': _ray()  # fail early, before anything is written
+    elif workers is None: workers = 1
+    return workers, retries, timeout, lock_timeout
+
+# %% ../nbs/09_sweep.ipynb #19e16731
+def _plan_runs(notebook: Path, grid) -> tuple[dict, list, list, list]:
+    "(parameter spec, parameter sets, run ids, their hashes) of `grid` for `notebook`; every set validated, none twice."
+    spec = notebook_parameters(notebook)
+    runs = expand_grid(grid, spec)
+    for params in runs: validate_parameters(spec, params, what='grid parameter')
+    varying = [k for k in (runs[0] if runs else {}) if len({json.dumps(p.get(k), sort_keys=True, default=str) for p in runs}) > 1]
+    ids = [run_id(p, varying) for p in runs]
+    hashes = [i.rsplit('-', 1)[-1] for i in ids]
+    if len(set(hashes)) != len(hashes):
+        dup = next(p for p, h in zip(runs, hashes) if hashes.count(h) > 1)
+        raise ValueError(f'grid: parameter set {dup} occurs more than once')
+    return spec, runs, ids, hashes
+
+# %% ../nbs/09_sweep.ipynb #8146ba7c
+def _pending_tasks(out_dir: Path, notebook: Path, nb_hash: str, ids: list, runs: list, keep_stale: bool,
+                   defaults: dict, **common) -> tuple[list, list, list]:
+    """(skipped, stale, tasks): completed runs of this notebook version are skipped (any version with `keep_stale`);
+    completed runs of another version are `stale` and re-run; every run to do becomes a task dict (with `common`)."""
+    skipped, stale, tasks = [], [], []
+    for rid, params in zip(ids, runs):
+        st = read_status(out_dir / rid) or {}
+        if st.get('status') == COMPLETED:
+            if keep_stale or st.get('notebook_hash') == nb_hash: skipped.append(rid); continue
+            stale.append(rid)  # completed by another version of the notebook (or one that recorded none)
+        tasks.append({'notebook': str(notebook), 'run_dir': str(out_dir / rid), 'params': params, **common,
+                      'gpu': _wants_cuda({**defaults, **params}), 'run_id': rid})
+    return skipped, stale, tasks
+
+# %% ../nbs/09_sweep.ipynb #a9e9f4f9
+def _progress_callback(bar, counts: dict, table, progress: bool) -> Callable:
+    "on_done(task, record) of a sweep: count the run's status, report a failure, advance `bar`, update results.csv."
+    def on_done(task, rec):
+        st = (rec or {}).get('status', INTERRUPTED)
+        counts[st] = counts.get(st, 0) + 1
+        if st != COMPLETED and progress:
+            bar.write(f"{task['run_id']}: {st}: {(rec or {}).get('error')}  (log: {task['run_dir']}/run.log)")
+        bar.set_postfix({k: v for k, v in counts.items() if v}, refresh=False)
+        bar.update(1)
+        table.update(Path(task['run_dir']))
+    return on_done
+
+# %% ../nbs/09_sweep.ipynb #ce67709f
 def run_sweep(notebook: str | Path, # the parameterized .ipynb
               grid: str | Path | Mapping, # grid YAML path or mapping (see `expand_grid`)
               out_dir: str | Path, # the sweep folder: one run directory per parameter set + results.csv
@@ -856,25 +927,9 @@ def run_sweep(notebook: str | Path, # the parameterized .ipynb
               keep_stale: bool = False, # count completed runs of an *edited* notebook as complete (default: re-run them)
              ) -> SweepResult:
     "Run `notebook` once per parameter set of `grid` into `out_dir`; resumable, failure-isolated."
-    if engine not in ('local', 'ray'):
-        raise ValueError(f"engine: expected 'local' or 'ray', got {engine!r}")
-    if workers is not None: workers = check_int(workers, 'workers', lo=1)
-    retries = check_int(retries, 'retries', lo=0)
-    if timeout is not None: timeout = check_float(timeout, 'timeout', lo=0, lo_open=True)
-    if lock_timeout is not None: lock_timeout = check_float(lock_timeout, 'lock_timeout', lo=0, finite=False)
-    if lock_timeout == float('inf'): lock_timeout = None
-    if engine == 'ray': _ray()  # fail early, before anything is written
-    elif workers is None: workers = 1
+    workers, retries, timeout, lock_timeout = _check_sweep_args(engine, workers, retries, timeout, lock_timeout)
     notebook = Path(notebook).resolve()
-    spec = notebook_parameters(notebook)
-    runs = expand_grid(grid, spec)
-    for params in runs: validate_parameters(spec, params, what='grid parameter')
-    varying = [k for k in (runs[0] if runs else {}) if len({json.dumps(p.get(k), sort_keys=True, default=str) for p in runs}) > 1]
-    ids = [run_id(p, varying) for p in runs]
-    hashes = [i.rsplit('-', 1)[-1] for i in ids]
-    if len(set(hashes)) != len(hashes):
-        dup = next(p for p, h in zip(runs, hashes) if hashes.count(h) > 1)
-        raise ValueError(f'grid: parameter set {dup} occurs more than once')
+    spec, runs, ids, hashes = _plan_runs(notebook, grid)
     out_dir = Path(out_dir).resolve()
     nb_hash = notebook_hash(notebook)
     defaults = {k: p.default for k, p in spec.items() if p.literal and k != 'output_dir'}
@@ -889,30 +944,12 @@ def run_sweep(notebook: str | Path, # the parameterized .ipynb
         write_json_atomic(out_dir / 'sweep.json', {
             'notebook': str(notebook), 'notebook_hash': nb_hash, 'grid': load_grid(grid), 'engine': engine,
             'workers': workers, 'retries': retries, 'timeout': timeout, 'updated': _now(), 'runs': ids})
-        skipped, stale, tasks = [], [], []
-        for rid, params in zip(ids, runs):
-            st = read_status(out_dir / rid) or {}
-            if st.get('status') == COMPLETED:
-                if keep_stale or st.get('notebook_hash') == nb_hash: skipped.append(rid); continue
-                stale.append(rid)  # completed by another version of the notebook (or one that recorded none)
-            tasks.append({'notebook': str(notebook), 'run_dir': str(out_dir / rid), 'params': params,
-                          'timeout': timeout, 'retries': retries, 'kernel_name': kernel_name, 'cwd': cwd,
-                          'gpu': _wants_cuda({**defaults, **params}), 'run_id': rid})
+        skipped, stale, tasks = _pending_tasks(out_dir, notebook, nb_hash, ids, runs, keep_stale, defaults,
+                                               timeout=timeout, retries=retries, kernel_name=kernel_name, cwd=cwd)
         from tqdm.auto import tqdm
         bar = tqdm(total=len(ids), initial=len(skipped), desc=f'sweep {notebook.stem}', unit='run',
                    disable=not progress, file=sys.stderr)
-        counts = {COMPLETED: len(skipped)}
-        table = _ResultsTable(out_dir)
-
-        def on_done(task, rec):
-            st = (rec or {}).get('status', INTERRUPTED)
-            counts[st] = counts.get(st, 0) + 1
-            if st != COMPLETED and progress:
-                bar.write(f"{task['run_id']}: {st}: {(rec or {}).get('error')}  (log: {task['run_dir']}/run.log)")
-            bar.set_postfix({k: v for k, v in counts.items() if v}, refresh=False)
-            bar.update(1)
-            table.update(Path(task['run_dir']))
-
+        on_done = _progress_callback(bar, {COMPLETED: len(skipped)}, _ResultsTable(out_dir), progress)
         try:
             if tasks:
                 if engine == 'local': _run_local(tasks, workers, gpus, on_done)
@@ -931,10 +968,10 @@ def _is_numeric(s) -> bool:
 _META = re.compile(r'(seeds?|n|n_.+|num_.+|.+_count|epochs?|.+_epochs|latent_dim|.*_dim|dim|k|'
                    r'seconds|seconds_.+|.+_seconds|.+_s|time|time_.+|.+_time|duration.*|cuda_visible_devices)')
 
-
+# %% ../nbs/09_sweep.ipynb #f6462609
 def _leaf(name: str) -> str: return re.split(r'[/.]', name)[-1]
 
-
+# %% ../nbs/09_sweep.ipynb #7205c9d3
 def is_metadata(name: str, # a column of `load_results`
                 params: Sequence[str] = (), # parameter names (of the notebook / the sweep)
                ) -> bool:
@@ -942,7 +979,7 @@ def is_metadata(name: str, # a column of `load_results`
     leaf = _leaf(name)
     return bool(_META.fullmatch(leaf)) or name in params or leaf in params
 
-
+# %% ../nbs/09_sweep.ipynb #5f3a360b
 def _notebook_params(results) -> list[str]:
     "Names of the notebook's parameters, read from the first run's status.json (none if unreadable)."
     for d in results.get('run_dir', []):
@@ -951,7 +988,7 @@ def _notebook_params(results) -> list[str]:
             if nb: return list(notebook_parameters(nb))
     return []
 
-
+# %% ../nbs/09_sweep.ipynb #7a2e950c
 def select_metrics(results, # `load_results(...)` DataFrame
                    patterns: Sequence[str] | None = None, # names or shell wildcards (`auroc*`, `cond/*/fpr95`); None: every metric
                    exclude: Sequence[str] = (), # columns never selected (e.g. the grouping parameters)
@@ -981,7 +1018,7 @@ def select_metrics(results, # `load_results(...)` DataFrame
         out += [c for c in hit if c not in out]
     return out
 
-
+# %% ../nbs/09_sweep.ipynb #477cd583
 def summarize(results, # `load_results(...)` DataFrame
               by: Sequence[str] | None = None, # grouping parameters (default: those that vary, except seed/seeds)
               metrics: Sequence[str] | None = None, # metric names or wildcard patterns (default: every metric, see `select_metrics`)
@@ -1012,7 +1049,7 @@ def _num(v) -> str:
     except (TypeError, ValueError): return str(v)
     return '' if v != v else f'{v:.4g}'
 
-
+# %% ../nbs/09_sweep.ipynb #c86e71fa
 def _cell(mean, std) -> str:
     "`mean±std` with the std to 2 significant digits and the mean to the same decimals (`0.7470±0.0096`)."
     import math
@@ -1022,16 +1059,16 @@ def _cell(mean, std) -> str:
     dec = min(6, max(0, 1 - math.floor(math.log10(std))))
     return f'{mean:.{dec}f}±{std:.{dec}f}'
 
-
+# %% ../nbs/09_sweep.ipynb #d17e5c9e
 def _clip(s: str, n: int) -> str: return s if len(s) <= n else s[:n - 1] + '…'
 
-
+# %% ../nbs/09_sweep.ipynb #a1e2d44a
 def _grid_text(rows: list[list[str]], right: set[int] = frozenset()) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ['  '.join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
             for r in rows]
 
-
+# %% ../nbs/09_sweep.ipynb #6c01b266
 def summary_text(summary, # `summarize(...)` DataFrame
                  width: int = 120, # longest line, in characters
                  max_rows: int = 20, # most table rows (groups or metrics) shown
@@ -1083,13 +1120,13 @@ def summary_text(summary, # `summarize(...)` DataFrame
     left = len(names) - len(shown)
     return out, (f'{left} more metrics' if left else '')
 
-
+# %% ../nbs/09_sweep.ipynb #3c01cc8f
 def _show(p: Path) -> str:
     "A path as printed: relative to the working directory when inside it."
     with contextlib.suppress(ValueError, OSError): return str(p.resolve().relative_to(Path.cwd().resolve()))
     return str(p)
 
-
+# %% ../nbs/09_sweep.ipynb #475dc003
 def _x_axis(summary, keys: Sequence[str]) -> tuple[str | None, list[str]]:
     "(x parameter, parameters drawn as separate lines): x is the swept numeric parameter with the most values, else the categorical one."
     vary = [k for k in keys if summary[k].astype(str).nunique() > 1]
@@ -1099,7 +1136,7 @@ def _x_axis(summary, keys: Sequence[str]) -> tuple[str | None, list[str]]:
     x = max(pool, key=lambda k: summary[k].astype(str).nunique())  # first of the ties
     return x, [k for k in vary if k != x]
 
-
+# %% ../nbs/09_sweep.ipynb #969ea982
 def _plot(summary, m: str, x: str, rest: Sequence[str], path: Path) -> None:
     from matplotlib.figure import Figure
     fig = Figure(figsize=(4.8, 3.3), layout='tight'); ax = fig.subplots()
@@ -1118,7 +1155,7 @@ def _plot(summary, m: str, x: str, rest: Sequence[str], path: Path) -> None:
     if rest: ax.legend(fontsize=7)
     fig.savefig(path, dpi=100)
 
-
+# %% ../nbs/09_sweep.ipynb #8f899f35
 def report(out_dir: str | Path, # a sweep folder, or a single run directory
            by: Sequence[str] | None = None, # grouping parameters (see `summarize`)
            metrics: Sequence[str] | None = None, # metric names or wildcard patterns (see `select_metrics`)
@@ -1171,7 +1208,7 @@ def report(out_dir: str | Path, # a sweep folder, or a single run directory
 
 _PHASE_COLS = ('phase', 'chi_norm', 'mean_R', 'flow_exponent', 'trivialisation_ratio', 'auroc', 'fpr95', 'leakage')
 
-
+# %% ../nbs/09_sweep.ipynb #ac73e5a5
 def _phase_summary(out_dir: Path, rep: Path, width: int) -> list[str]:
     """Collect the phase reports (`hyperlatent.phase.PhaseReport.save`) of every run into report/phase_reports.csv
     and return summary lines: how many, their phase labels, and a short table. Reads the JSON directly, so the
@@ -1209,4 +1246,3 @@ def _phase_summary(out_dir: Path, rep: Path, width: int) -> list[str]:
     if len(table) > len(show): lines.append(f'... {len(table) - len(show)} more')
     lines.append(f"phase table: {_show(rep / 'phase_reports.csv')}")
     return lines
-

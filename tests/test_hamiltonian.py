@@ -291,6 +291,70 @@ def test_count_modes_and_locate_edge():
     assert PhaseThresholds().ordered_mean == 0.8
 
 
+
+def test_locate_edge_normalised_chi_beats_low_rank():
+    "Oracle by construction: low-rank centred Gaussians (chi_ovl = d/r, chi_norm = 1, rank <= 2 even multimodal) vs one multi-island set."
+    d, n = 64, 1500
+    gen = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+
+    def low_rank(r, s):  # isotropic Gaussian on a random r-dim subspace
+        Q, _ = torch.linalg.qr(torch.randn(d, r, generator=gen(s), dtype=torch.float64))
+        return torch.randn(n, r, generator=gen(s + 1), dtype=torch.float64) @ Q.T
+
+    def vmf(k, m, s):
+        return torch.from_numpy(stats.vonmises_fisher(np.eye(d)[k], 2000.0).rvs(m, random_state=np.random.default_rng(s)))
+
+    # a dominant island (50%), a minor island (10%) and a disordered sea (40%): two coexisting islands
+    islands = torch.cat([vmf(0, 750, 40), vmf(1, 150, 41), sample_sphere(600, d, generator=gen(42), dtype=torch.float64)])
+    family = [low_rank(1, 1), low_rank(2, 3), islands, low_rank(3, 5)]
+    rep = [classify_phase(z) for z in family]
+    chi = [r['chi_ovl'] for r in rep]
+    for r, c in zip((1, 2, 3), (rep[0], rep[1], rep[3])):  # closed forms: chi_ovl = d/r, chi_gauss = d/PR = d/r
+        assert abs(c['chi_ovl'] / (d / r) - 1) < 0.05 and abs(c['chi_norm'] - 1) < 0.05
+    assert rep[0]['multimodal'] and rep[1]['multimodal']  # arcsine-like end peaks: eligible despite E[R] ~ 0
+    assert rep[2]['phase'] == 'edge' and rep[2]['chi_norm'] > 1.2 and rep[2]['chi_ovl'] < d / 4
+    args = (chi, [r['mean'] for r in rep], [r['multimodal'] for r in rep])
+    assert locate_edge(*args) == 0  # the raw argmax picks the rank-1 Gaussian (chi_ovl = d)
+    assert locate_edge(*args, chi_gauss=[r['chi_gauss'] for r in rep]) == 2  # normalised: the islands
+    out = locate_edge(*args, chi_gauss=[r['chi_gauss'] for r in rep], details=True)
+    assert out['index'] == 2 and out['normalised'] and out['edge_chi_ovl'] == chi[2]  # raw value kept
+    np.testing.assert_allclose(out['chi_norm'], [r['chi_norm'] for r in rep])
+    np.testing.assert_array_equal(out['chi_ovl'], chi)
+    assert locate_edge(*args, details=True)['chi_norm'] is None
+
+
+def test_locate_edge_chi_gauss_edge_cases():
+    # NaN reference (identical rows): not rankable, so the other eligible model wins; all NaN -> None
+    assert locate_edge([9.0, 1.0], [0.5, 0.5], chi_gauss=[float('nan'), 2.0]) == 1
+    assert locate_edge([9.0], [0.5], chi_gauss=[float('nan')]) is None
+    assert locate_edge([4.0, 3.0], [0.5, 0.5], chi_gauss=[8.0, 1.0]) == 1  # 0.5 vs 3.0
+    with pytest.raises(ValueError, match='chi_gauss'):
+        locate_edge([1.0, 2.0], [0.3, 0.3], chi_gauss=[1.0])
+    d = locate_edge([1.0, 0.1], [0.0, 0.95], details=True)
+    assert d['index'] is None and d['edge_chi_ovl'] is None
+
+def test_geodesic_leapfrog_stays_on_sphere_and_is_reversible():
+    "Geodesic leapfrog: on the sphere, tangent momentum, time-reversible (negate v, same steps -> start), H conserved as eps -> 0."
+    from hyperlatent.hamiltonian import _energy_and_grad, _geodesic_leapfrog, _tangent
+    d, n = 6, 5
+    g = torch.Generator().manual_seed(0)
+    U = lambda x: (x ** 4).sum(-1) / d - x[:, 0]  # noqa: E731
+    s = sample_sphere(n, d, generator=g, dtype=torch.float64)
+    e, gr = _energy_and_grad(U, s)
+    v = _tangent(torch.randn(n, d, generator=g, dtype=torch.float64), s / math.sqrt(d))
+    eps = torch.full((n, 1), 0.05, dtype=torch.float64)
+    sp, ep, gp, vp = _geodesic_leapfrog(U, s, gr, v, eps, 7)
+    torch.testing.assert_close(sp.norm(dim=-1), torch.full((n,), math.sqrt(d), dtype=torch.float64))
+    torch.testing.assert_close((vp * sp).sum(-1), torch.zeros(n, dtype=torch.float64), atol=1e-10, rtol=0)
+    torch.testing.assert_close(ep, U(sp))
+    sb, eb, _, vb = _geodesic_leapfrog(U, sp, gp, -vp, eps, 7)
+    torch.testing.assert_close(sb, s, atol=1e-10, rtol=0)
+    torch.testing.assert_close(-vb, v, atol=1e-10, rtol=0)
+    h0, h1 = e + 0.5 * (v * v).sum(-1), ep + 0.5 * (vp * vp).sum(-1)
+    _, ep2, _, vp2 = _geodesic_leapfrog(U, s, gr, v, eps / 10, 70)  # same path length, 10x smaller step
+    h2 = ep2 + 0.5 * (vp2 * vp2).sum(-1)
+    assert ((h2 - h0).abs() < (h1 - h0).abs() / 20 + 1e-12).all()  # second order: error / ~100
+
 # ----------------------------------------------------------------------------- the Hamiltonian
 
 def test_latent_hamiltonian_closed_form_and_gradcheck():
@@ -526,3 +590,15 @@ def test_several_islands_are_edge(K):
     c = classify_phase(z)
     assert c['phase'] == 'edge', c['reason']
     assert c['n_modes'] >= 2 and c['n_modes_reference'] == 1
+
+
+def test_merge_minima_contract():
+    "Lowest energy first; overlap > 1 - merge_tol merges into the first representative; unconverged rows are ignored."
+    from hyperlatent.hamiltonian import _merge_minima
+    a = math.sqrt(1 - 1e-6)
+    u = torch.tensor([[1.0, 0.0], [a, 1e-3], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
+    e = torch.tensor([2.0, 1.0, 3.0, 0.5, -1.0], dtype=torch.float64)
+    conv = torch.tensor([True, True, True, True, False])
+    assert _merge_minima(u, e, conv, 1e-4) == ([3, 1, 2], [1, 2, 1])  # rows 0 and 1 merge under row 1 (lower energy)
+    assert _merge_minima(u, e, conv, 1e-8) == ([3, 1, 0, 2], [1, 1, 1, 1])
+    assert _merge_minima(u, e, torch.zeros(5, dtype=torch.bool), 1e-4) == ([], [])

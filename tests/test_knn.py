@@ -240,3 +240,25 @@ def test_knn_module_imports_torch_only():
     code = ('import sys, hyperlatent.knn; bad = [m for m in ("sklearn", "hyperlatent.vae", "hyperlatent.train", '
             '"hyperlatent.detect") if m in sys.modules]; print(bad); assert not bad')
     subprocess.run([sys.executable, '-c', code], check=True, capture_output=True, text=True)
+
+
+def test_augmented_bank_gram_identity():
+    "[q, 1] @ _augmented_bank(B).T + |q|^2 == |q - b|^2 (closed form), and -2 b is copied exactly."
+    g = torch.Generator().manual_seed(3)
+    B, Q = torch.randn(40, 7, generator=g, dtype=torch.float64), torch.randn(9, 7, generator=g, dtype=torch.float64)
+    A = knn._augmented_bank(B, (B * B).sum(1))
+    assert A.shape == (40, 8) and torch.equal(A[:, :7], -2 * B)
+    a = torch.cat([Q, torch.ones(9, 1, dtype=torch.float64)], 1) @ A.T + (Q * Q).sum(1, keepdim=True)
+    torch.testing.assert_close(a, torch.cdist(Q, B) ** 2, rtol=1e-12, atol=1e-12)
+
+
+def test_certificate_contract():
+    "Rows whose largest candidate value exceeds a_(k) + 2 tau are certified; the others (bad) get no re-ranking work."
+    v = torch.tensor([[0.0, 1.0, 2.0, 9.0], [0.0, 1.0, 1.1, 1.2]], dtype=torch.float64)
+    tau = torch.tensor([0.1, 0.1], dtype=torch.float64)
+    lim, bad, todo = knn._certificate(v, 2, 100, tau)
+    torch.testing.assert_close(lim, torch.tensor([1.2, 1.2], dtype=torch.float64))
+    assert bad.tolist() == [False, True]
+    assert todo.tolist() == [[True, True, False, False], [False] * 4]
+    _, bad, todo = knn._certificate(v, 2, 4, tau)  # every bank row is a candidate: always certified, all re-ranked
+    assert not bad.any() and todo.all()

@@ -695,3 +695,20 @@ def test_report_collects_phase_reports_of_each_run(tmp_path):
     sw.report(out)
     assert not (out / 'report' / 'phase_reports.csv').exists()
     assert 'phase reports' not in (out / 'report' / 'summary.txt').read_text()
+
+
+def test_pending_tasks_skip_stale_and_todo(tmp_path):
+    "Completed runs of this notebook version are skipped, of another version stale (re-run), the rest are tasks."
+    def status(rid, st, h):
+        (tmp_path / rid).mkdir()
+        (tmp_path / rid / 'status.json').write_text(json.dumps({'status': st, 'notebook_hash': h}))
+    status('a-1', sw.COMPLETED, 'h'); status('b-2', sw.COMPLETED, 'old'); status('c-3', sw.FAILED, 'h')
+    ids, runs = ['a-1', 'b-2', 'c-3', 'd-4'], [{'x': 1}, {'x': 2}, {'device': 'cuda:1'}, {'x': 4}]
+    nb = tmp_path / 'nb.ipynb'
+    skipped, stale, tasks = sw._pending_tasks(tmp_path, nb, 'h', ids, runs, False, {'device': 'cpu'}, timeout=3.0)
+    assert (skipped, stale, [t['run_id'] for t in tasks]) == (['a-1'], ['b-2'], ['b-2', 'c-3', 'd-4'])
+    assert tasks[1] == {'notebook': str(nb), 'run_dir': str(tmp_path / 'c-3'), 'params': {'device': 'cuda:1'},
+                        'timeout': 3.0, 'gpu': True, 'run_id': 'c-3'}
+    assert [t['gpu'] for t in tasks] == [False, True, False]
+    skipped, stale, tasks = sw._pending_tasks(tmp_path, nb, 'h', ids, runs, True, {})  # keep_stale
+    assert (skipped, stale, [t['run_id'] for t in tasks]) == (['a-1', 'b-2'], [], ['c-3', 'd-4'])
