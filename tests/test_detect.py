@@ -233,15 +233,22 @@ def test_pyod_confidence_and_rejection(pyod_det):
         assert det.rejection_threshold_ == 1 - 2 * np.exp(-T) and -1 not in rej
     assert (det.predict_with_rejection(Xt, T=32, c_r=0.1) == -2).any()  # T = 32 rejects all but near-certain labels
     assert not (det.predict_with_rejection(Xt, T=0.5, c_r=0.1) == -2).any()  # threshold < 0: nothing is rejected
-    if HAS_PYOD:  # PyOD's statistics come with its implementation
-        with np.errstate(invalid='ignore'), warnings.catch_warnings():  # PyOD's bound may take sqrt of a negative
-            warnings.simplefilter('ignore', RuntimeWarning)  # number (it clips it at 0)
-            lab, stats = det.predict_with_rejection(Xt, T=2, return_stats=True, c_r=0.1)
-        np.testing.assert_array_equal(lab, det.predict_with_rejection(Xt, T=2, c_r=0.1))
-        np.testing.assert_allclose(stats, det.compute_rejection_stats(T=2, c_r=0.1), rtol=0, atol=0)
-    else:
-        with pytest.raises(NotImplementedError, match='return_stats'):
-            det.predict_with_rejection(Xt, return_stats=True, c_r=0.1)
+    # return_stats: the statistics of compute_rejection_stats (PyOD's own, or the same formulas without PyOD)
+    with np.errstate(invalid='ignore'), warnings.catch_warnings():  # PyOD's bound may take sqrt of a negative
+        warnings.simplefilter('ignore', RuntimeWarning)  # number (it clips it at 0)
+        lab, stats = det.predict_with_rejection(Xt, T=2, return_stats=True, c_r=0.1)
+        np.testing.assert_array_equal(stats, det.compute_rejection_stats(T=2, c_r=0.1))
+    np.testing.assert_array_equal(lab, det.predict_with_rejection(Xt, T=2, c_r=0.1))
+    n = len(det.decision_scores_)  # expected rejection rate by hand: q2 - q1, Binomial cdf roots by bisection
+    k = int(n * det.contamination) - 1
+    roots = []
+    for C in (1 - np.exp(-2), np.exp(-2)):
+        lo, hi = 0.0, 1.0
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if binom.cdf(k, n, mid) > C else (lo, mid)
+        roots.append(lo)
+    assert stats[0] == pytest.approx(roots[1] - roots[0], abs=1e-10) and stats[0] > 0
     with pytest.raises(ValueError, match='T'):
         det.predict_with_rejection(Xt, T=0)
 
