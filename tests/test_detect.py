@@ -169,9 +169,13 @@ def test_angular_score_of_a_nan_latent_is_nan_not_finite():
     assert torch.isnan(cos[2]) and torch.isnan(cos[3]) and cos[0] == 0.6
 
 # ---------------------------------------------------------------- PyOD BaseDetector surface (independent formulas)
+import warnings  # noqa: E402
+
 from scipy.special import erf  # noqa: E402
 from scipy.stats import binom  # noqa: E402
 from sklearn.base import is_outlier_detector  # noqa: E402
+
+from hyperlatent.detect import HAS_PYOD  # noqa: E402
 
 
 @pytest.fixture(scope='module')
@@ -219,13 +223,32 @@ def test_pyod_confidence_and_rejection(pyod_det):
     np.testing.assert_array_equal(lab, det.predict(Xt)); np.testing.assert_array_equal(c2, conf)
     pr, c3 = det.predict_proba(Xt, return_confidence=True)
     np.testing.assert_array_equal(pr, det.predict_proba(Xt)); np.testing.assert_array_equal(c3, conf)
+    # PyOD 3.6.7's contract (BaseDetector.predict_with_rejection): rejected = -2 where 2 |c - 1/2| <= 1 - 2 exp(-T),
+    # c the confidence of the predicted label; the default c_r=-1 warns (PyOD replaces it by the contamination)
     for T in (32, 2, 0.5):
-        rej = det.predict_with_rejection(Xt, T=T)
-        want = np.where(ref < 1 - 2 * np.exp(-T), -1, (s > det.threshold_).astype(int))
+        with pytest.warns(UserWarning, match='cost of rejection'):
+            rej = det.predict_with_rejection(Xt, T=T)
+        want = np.where(2 * np.abs(ref - 0.5) <= 1 - 2 * np.exp(-T), -2, (s > det.threshold_).astype(int))
         np.testing.assert_array_equal(rej, want)
-    assert (det.predict_with_rejection(Xt, T=0.5) == -1).any() or (ref >= 1 - 2 * np.exp(-0.5)).all()
-    with pytest.raises(NotImplementedError, match='return_stats'):
-        det.predict_with_rejection(Xt, return_stats=True)
+        assert det.rejection_threshold_ == 1 - 2 * np.exp(-T) and -1 not in rej
+    assert (det.predict_with_rejection(Xt, T=32, c_r=0.1) == -2).any()  # T = 32 rejects all but near-certain labels
+    assert not (det.predict_with_rejection(Xt, T=0.5, c_r=0.1) == -2).any()  # threshold < 0: nothing is rejected
+    # return_stats: the statistics of compute_rejection_stats (PyOD's own, or the same formulas without PyOD)
+    with np.errstate(invalid='ignore'), warnings.catch_warnings():  # PyOD's bound may take sqrt of a negative
+        warnings.simplefilter('ignore', RuntimeWarning)  # number (it clips it at 0)
+        lab, stats = det.predict_with_rejection(Xt, T=2, return_stats=True, c_r=0.1)
+        np.testing.assert_array_equal(stats, det.compute_rejection_stats(T=2, c_r=0.1))
+    np.testing.assert_array_equal(lab, det.predict_with_rejection(Xt, T=2, c_r=0.1))
+    n = len(det.decision_scores_)  # expected rejection rate by hand: q2 - q1, Binomial cdf roots by bisection
+    k = int(n * det.contamination) - 1
+    roots = []
+    for C in (1 - np.exp(-2), np.exp(-2)):
+        lo, hi = 0.0, 1.0
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if binom.cdf(k, n, mid) > C else (lo, mid)
+        roots.append(lo)
+    assert stats[0] == pytest.approx(roots[1] - roots[0], abs=1e-10) and stats[0] > 0
     with pytest.raises(ValueError, match='T'):
         det.predict_with_rejection(Xt, T=0)
 

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,41 @@ def test_overridden_methods_agree_with_pyod_base_implementations(digits_fit):
         __import__('warnings').simplefilter('ignore', RuntimeWarning)  # negative number here and clips it at 0
         stats = det.compute_rejection_stats(T=2)
     assert len(stats) == 3 and all(np.isfinite(stats))
+
+
+def _pyod_knn_with_scores_of(det):
+    "A PyOD KNN that carries `det`'s training scores and scores test rows with `det`: PyOD's own code on the same numbers."
+    from pyod.models.knn import KNN
+    ref = KNN(contamination=det.contamination)
+    ref.decision_scores_ = det.decision_scores_.copy()
+    ref._process_decision_scores()  # PyOD's threshold_ / labels_ from those scores
+    ref.decision_function = det.decision_function  # instance attribute: PyOD's predict/predict_confidence call it
+    return ref
+
+
+def test_predict_with_rejection_is_pyods(digits_fit):
+    pytest.importorskip('pyod')
+    det, Xtr, Xte, yte = digits_fit
+    ref = _pyod_knn_with_scores_of(det)
+    assert ref.threshold_ == det.threshold_
+    seen = set()
+    for T in (0.5, 1, 2, 4, 32):
+        with warnings.catch_warnings(record=True) as w_ours:
+            warnings.simplefilter('always')
+            ours = det.predict_with_rejection(Xte, T=T)
+        with warnings.catch_warnings(record=True) as w_pyod:
+            warnings.simplefilter('always')
+            theirs = ref.predict_with_rejection(Xte, T=T)
+        np.testing.assert_array_equal(ours, theirs)  # labels in {0, 1, -2}: -2 = rejected
+        assert [str(w.message) for w in w_ours] == [str(w.message) for w in w_pyod]  # same c_r warning
+        assert det.rejection_threshold_ == ref.rejection_threshold_
+        seen |= set(np.unique(ours).tolist())
+        with np.errstate(invalid='ignore'), warnings.catch_warnings():  # PyOD's bound takes sqrt of a negative
+            warnings.simplefilter('ignore', RuntimeWarning)  # number here and clips it at 0
+            lab, stats = det.predict_with_rejection(Xte, T=T, return_stats=True, c_r=0.2, delta=0.05)
+            lab2, stats2 = ref.predict_with_rejection(Xte, T=T, return_stats=True, c_r=0.2, delta=0.05)
+        np.testing.assert_array_equal(lab, lab2); np.testing.assert_array_equal(stats, stats2)
+    assert -2 in seen and -1 not in seen  # the test exercises rejections, with PyOD's label
 
 
 def test_contamination_range_matches_pyod_check_parameter():
@@ -197,6 +233,8 @@ _NO_PYOD = textwrap.dedent('''
                           test=det.decision_function(Xt).tolist(), lab=lab.tolist(), conf=conf.tolist(),
                           lin=det.predict_proba(Xt).tolist(), uni=det.predict_proba(Xt, method='unify').tolist(),
                           rej=det.predict_with_rejection(Xt, T=1).tolist(), mu=det._mu, sigma=det._sigma,
+                          rej32=det.predict_with_rejection(Xt, T=32, c_r=0.1).tolist(),
+                          stats=det.predict_with_rejection(Xt, T=4, return_stats=True, c_r=0.1)[1],
                           mro=[c.__name__ for c in VAEDetector.__mro__])))
 ''')
 
@@ -222,10 +260,19 @@ def test_without_pyod_duck_typing_gives_the_same_numbers(tmp_path):
     np.testing.assert_array_equal(r['lab'], (s_te > r['threshold']).astype(int))
     lin = np.clip((s_te - s_tr.min()) / (s_tr.max() - s_tr.min()), 0, 1)
     np.testing.assert_allclose(np.asarray(r['lin'])[:, 1], lin, rtol=1e-12, atol=1e-15)
-    if detect.HAS_PYOD:
+    # PyOD's rejection rule on the duck-typed confidences: -2 where 2 |c - 1/2| <= 1 - 2 exp(-T)
+    conf = np.asarray(r['conf'])
+    for T, key in ((1, 'rej'), (32, 'rej32')):
+        np.testing.assert_array_equal(r[key], np.where(2 * np.abs(conf - 0.5) <= 1 - 2 * np.exp(-T), -2, r['lab']))
+    assert -2 in r['rej32']
+    if detect.HAS_PYOD:  # the statistics depend only on n, contamination and T: PyOD's own on this process's detector
+        with np.errstate(invalid='ignore'), warnings.catch_warnings():
+            warnings.simplefilter('ignore', RuntimeWarning)
+            np.testing.assert_array_equal(r['stats'], det.compute_rejection_stats(T=4, c_r=0.1))
+        np.testing.assert_array_equal(r['rej32'], _pyod_knn_with_scores_of(det).predict_with_rejection(Xt, T=32, c_r=0.1))
         np.testing.assert_array_equal(r['labels'], det.labels_)
         np.testing.assert_allclose(r['conf'], det.predict_confidence(Xt), rtol=1e-9, atol=1e-12)
-        np.testing.assert_array_equal(r['rej'], det.predict_with_rejection(Xt, T=1))
+        np.testing.assert_array_equal(r['rej'], det.predict_with_rejection(Xt, T=1, c_r=0.1))
 
 
 # ---------------------------------------------------------------- image inputs -> conv VAE
