@@ -27,7 +27,7 @@ from .metrics import detection_metrics
 
 # %% auto #0
 __all__ = ['covariance_profile', 'fit_covariance', 'trivialisation', 'p2_critical_points', 'chi_resp', 'block_knn_accuracy',
-           'PhaseReport', 'phase_report', 'load_phase_reports', 'phase_reports_table']
+           'PhaseReport', 'plot_phase_report', 'phase_report', 'load_phase_reports', 'phase_reports_table']
 
 # %% ../nbs/06a_phase.ipynb #f61a669a
 def _overlap_pairs(q: Tensor, d: int, generator, dtype) -> tuple[Tensor, Tensor]:
@@ -462,66 +462,73 @@ class PhaseReport:
 
     def figure(self):
         "P(R) vs its Gaussian reference, block flow M(b), block-spin kNN accuracy, covariance xi(q) and a summary panel."
-        import matplotlib.pyplot as plt
-        m = self.metrics
-        fig, axs = plt.subplots(1, 5, figsize=(17, 3.3), gridspec_kw=dict(width_ratios=[1.3, 1, 1, 1, 1.25]))
-        ax = axs[0]
-        c = np.asarray(self.overlap['centers'])
-        ax.fill_between(c, self.overlap['density'], step='mid', alpha=0.5, label='P(R), evaluation means')
-        if self.overlap.get('reference_density') is not None:
-            ax.plot(c, self.overlap['reference_density'], 'k--', lw=1, label='centred Gaussian, same covariance')
-        ax.axvline(_f(m.get('mean_R')), color='C3', lw=1, label=f"E[R] = {_f(m.get('mean_R')):.3f}")
-        ax.set_xlabel('overlap R'); ax.set_ylabel('density'); ax.legend(fontsize=7)
-        ax.set_title(f"chi_ovl {_f(m.get('chi_ovl')):.2f}, chi_norm {_f(m.get('chi_norm')):.2f}", fontsize=9)
-        ax = axs[1]
-        b = np.asarray(self.flow['b_eff'], float)
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
-        ax.loglog(b, self.flow['M'], 'o-', label='M(b)')
-        ax.loglog(b, b ** -0.5, 'k:', lw=1, label=r'disordered $b^{-1/2}$')
-        ax.loglog(b, np.full_like(b, self.flow['M'][0]), 'k--', lw=0.8, label='ordered (const)')
-        ax.set_xticks(b)
-        ax.set_yticks(np.unique(np.round(np.r_[self.flow['M'], b[-1] ** -0.5], 2)))
-        for axis in (ax.xaxis, ax.yaxis):
-            axis.set_major_formatter(ScalarFormatter())
-            axis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel('block size b'); ax.set_ylabel('RMS block spin'); ax.legend(fontsize=7)
-        ax.set_title(f"flow exponent x = {_f(m.get('flow_exponent')):.2f}", fontsize=9)
-        ax = axs[2]
-        ax.semilogx(self.block_knn['block_sizes'], self.block_knn['accuracy'], 'o-', base=2)
-        from matplotlib.ticker import ScalarFormatter
-        ax.set_xticks(self.block_knn['block_sizes'])
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        if m.get('chance_accuracy') is not None:
-            ax.axhline(_f(m.get('chance_accuracy')), color='k', ls=':', lw=1, label='chance')
-            ax.legend(fontsize=7)
-        ax.set_ylim(0, 1.02); ax.set_xlabel('block size b'); ax.set_ylabel('3-NN accuracy')
-        ax.set_title('class structure under coarse-graining', fontsize=9)
-        ax = axs[3]
-        cv = self.covariance
-        if cv.get('q') is not None and len(cv['q']):
-            q = np.asarray(cv['q'])
-            ax.errorbar(q, cv['xi'], yerr=cv['se'], fmt='o', ms=3, label=r'$\hat\xi(q)$ of $H_x$')
-            qq = np.linspace(-1, 1, 100)
-            ax.plot(qq, np.polyval(np.asarray(cv['coef'])[::-1], qq), 'C1', lw=1, label='fit')
-            ax.legend(fontsize=7)
-        ax.set_xlabel('q'); ax.set_ylabel(r'$\xi(q)$')
-        ax.set_title(f"trivialisation ratio {_f(m.get('trivialisation_ratio')):.3g}", fontsize=9)
-        ax = axs[4]
-        ax.axis('off')
-        lines = [f"phase: {m.get('phase')}",
-                 f"E[R] {_f(m.get('mean_R')):.3f} ({_f(m.get('angle_deg')):.0f} deg)",
-                 f"chi_norm {_f(m.get('chi_norm')):.2f}  flow x {_f(m.get('flow_exponent')):.2f}",
-                 f"h^2/h_c^2 {_f(m.get('trivialisation_ratio')):.2g} +- {_f(m.get('trivialisation_ratio_se')):.1g}"
-                 f" ({'trivial' if m.get('trivial') else 'not trivial'})",
-                 f"AUROC {_f(m.get('auroc')):.3f}  FPR95 {_f(m.get('fpr95')):.3f}",
-                 f"AUPR(OOD) {_f(m.get('aupr_ood')):.3f}",
-                 f"leakage L_k {_f(m.get('leakage')):.3f} (ratio {_f(m.get('leakage_ratio')):.2f})",
-                 f"class split: {m.get('regime')}"]
-        lines += ['WARNING: ' + w[:60] for w in self.warnings][:3]
-        ax.text(0, 1, '\n'.join(lines), va='top', fontsize=9, family='monospace', transform=ax.transAxes)
-        ax.set_title(self.name or 'phase report', fontsize=9)
-        fig.tight_layout()
-        return fig
+        return plot_phase_report(self)
+
+# %% ../nbs/06a_phase.ipynb #49f5eaf8
+def plot_phase_report(
+    rep: PhaseReport,  # a phase report
+):  # matplotlib Figure
+    "P(R) vs its Gaussian reference, block flow M(b), block-spin kNN accuracy, covariance xi(q) and a summary panel."
+    import matplotlib.pyplot as plt
+    m = rep.metrics
+    fig, axs = plt.subplots(1, 5, figsize=(17, 3.3), gridspec_kw=dict(width_ratios=[1.3, 1, 1, 1, 1.25]))
+    ax = axs[0]
+    c = np.asarray(rep.overlap['centers'])
+    ax.fill_between(c, rep.overlap['density'], step='mid', alpha=0.5, label='P(R), evaluation means')
+    if rep.overlap.get('reference_density') is not None:
+        ax.plot(c, rep.overlap['reference_density'], 'k--', lw=1, label='centred Gaussian, same covariance')
+    ax.axvline(_f(m.get('mean_R')), color='C3', lw=1, label=f"E[R] = {_f(m.get('mean_R')):.3f}")
+    ax.set_xlabel('overlap R'); ax.set_ylabel('density'); ax.legend(fontsize=7)
+    ax.set_title(f"chi_ovl {_f(m.get('chi_ovl')):.2f}, chi_norm {_f(m.get('chi_norm')):.2f}", fontsize=9)
+    ax = axs[1]
+    b = np.asarray(rep.flow['b_eff'], float)
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    ax.loglog(b, rep.flow['M'], 'o-', label='M(b)')
+    ax.loglog(b, b ** -0.5, 'k:', lw=1, label=r'disordered $b^{-1/2}$')
+    ax.loglog(b, np.full_like(b, rep.flow['M'][0]), 'k--', lw=0.8, label='ordered (const)')
+    ax.set_xticks(b)
+    ax.set_yticks(np.unique(np.round(np.r_[rep.flow['M'], b[-1] ** -0.5], 2)))
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel('block size b'); ax.set_ylabel('RMS block spin'); ax.legend(fontsize=7)
+    ax.set_title(f"flow exponent x = {_f(m.get('flow_exponent')):.2f}", fontsize=9)
+    ax = axs[2]
+    ax.semilogx(rep.block_knn['block_sizes'], rep.block_knn['accuracy'], 'o-', base=2)
+    from matplotlib.ticker import ScalarFormatter
+    ax.set_xticks(rep.block_knn['block_sizes'])
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    if m.get('chance_accuracy') is not None:
+        ax.axhline(_f(m.get('chance_accuracy')), color='k', ls=':', lw=1, label='chance')
+        ax.legend(fontsize=7)
+    ax.set_ylim(0, 1.02); ax.set_xlabel('block size b'); ax.set_ylabel('3-NN accuracy')
+    ax.set_title('class structure under coarse-graining', fontsize=9)
+    ax = axs[3]
+    cv = rep.covariance
+    if cv.get('q') is not None and len(cv['q']):
+        q = np.asarray(cv['q'])
+        ax.errorbar(q, cv['xi'], yerr=cv['se'], fmt='o', ms=3, label=r'$\hat\xi(q)$ of $H_x$')
+        qq = np.linspace(-1, 1, 100)
+        ax.plot(qq, np.polyval(np.asarray(cv['coef'])[::-1], qq), 'C1', lw=1, label='fit')
+        ax.legend(fontsize=7)
+    ax.set_xlabel('q'); ax.set_ylabel(r'$\xi(q)$')
+    ax.set_title(f"trivialisation ratio {_f(m.get('trivialisation_ratio')):.3g}", fontsize=9)
+    ax = axs[4]
+    ax.axis('off')
+    lines = [f"phase: {m.get('phase')}",
+             f"E[R] {_f(m.get('mean_R')):.3f} ({_f(m.get('angle_deg')):.0f} deg)",
+             f"chi_norm {_f(m.get('chi_norm')):.2f}  flow x {_f(m.get('flow_exponent')):.2f}",
+             f"h^2/h_c^2 {_f(m.get('trivialisation_ratio')):.2g} +- {_f(m.get('trivialisation_ratio_se')):.1g}"
+             f" ({'trivial' if m.get('trivial') else 'not trivial'})",
+             f"AUROC {_f(m.get('auroc')):.3f}  FPR95 {_f(m.get('fpr95')):.3f}",
+             f"AUPR(OOD) {_f(m.get('aupr_ood')):.3f}",
+             f"leakage L_k {_f(m.get('leakage')):.3f} (ratio {_f(m.get('leakage_ratio')):.2f})",
+             f"class split: {m.get('regime')}"]
+    lines += ['WARNING: ' + w[:60] for w in rep.warnings][:3]
+    ax.text(0, 1, '\n'.join(lines), va='top', fontsize=9, family='monospace', transform=ax.transAxes)
+    ax.set_title(rep.name or 'phase report', fontsize=9)
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/06a_phase.ipynb #cec70b7d
 def _jsonable(o):
